@@ -18,7 +18,12 @@ from .render import render_problem, solution_template, template_hash
 from .world import LAYERS_PER_FAMILY, World, load_world
 
 N_BUCKETS = 23
-MAX_ATTEMPTS = 10_000
+MAX_ATTEMPTS = 4_000
+# An op target is kept while attempts fail (so the train split's op histogram is exactly the
+# formula); after this many misses it is redrawn: small ops can have no template in the test
+# buckets at all (op = 1 has only two templates, both train), and "op <= N" test sets are then
+# test-template problems of the training distribution. Forced ops are never redrawn.
+REDRAW_OP_AFTER = 16
 
 
 class GenerationError(RuntimeError):
@@ -60,7 +65,9 @@ def generate_problem(cfg: GeneratorConfig, rng: random.Random, world: Optional[W
     """One problem, a pure function of the config and the random generator's state."""
     world = world if world is not None else world_for(cfg)
     s = sample_op(cfg, rng)
-    for _ in range(MAX_ATTEMPTS):
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        if attempt % REDRAW_OP_AFTER == 0 and cfg.op is None:
+            s = sample_op(cfg, rng)
         structure = sample_structure(cfg, s, rng)
         deps = sample_dependencies(structure, s, rng)
         if deps is None:
@@ -104,9 +111,10 @@ def generate_problem(cfg: GeneratorConfig, rng: random.Random, world: Optional[W
             render_problem(problem, rng)
             return problem
     raise GenerationError(
-        f"no problem with op={s} found in {MAX_ATTEMPTS} attempts: max_ip={cfg.max_ip}, "
-        f"max_layers={cfg.max_layers}, max_width={cfg.max_width} leave too few parameters; "
-        "lower op or raise max_ip / max_width / max_layers")
+        f"no problem with op={s} in split={cfg.split!r} found in {MAX_ATTEMPTS} attempts: either "
+        f"max_ip={cfg.max_ip}, max_layers={cfg.max_layers}, max_width={cfg.max_width} leave too few "
+        "parameters (raise them or lower op), or no solution template of this op falls in the "
+        f"split's hash buckets (split_boundary={cfg.split_boundary}; op=1 has only train templates)")
 
 
 def problem_rng(seed: int, *keys) -> random.Random:
