@@ -11,6 +11,9 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Optional
 
 
+MAX_OP = 52  # solution steps each take one of the 52 ASCII letters
+
+
 class ConfigError(ValueError):
     """A config value that is not allowed; the message names the key, the value and what is allowed."""
 
@@ -65,7 +68,8 @@ def _check(ok: bool, key: str, value, allowed: str) -> None:
 def validate_generator(cfg: GeneratorConfig, prefix: str = "") -> None:
     """Reject impossible generator settings up front, naming the key and what is allowed."""
     k = lambda name: prefix + name  # noqa: E731
-    _check(isinstance(cfg.max_op, int) and cfg.max_op >= 1, k("max_op"), cfg.max_op, "an integer >= 1")
+    _check(isinstance(cfg.max_op, int) and 1 <= cfg.max_op <= MAX_OP, k("max_op"), cfg.max_op,
+           f"an integer in 1..{MAX_OP}")
     _check(2 <= cfg.min_layers <= cfg.max_layers <= 4, k("min_layers/max_layers"),
            (cfg.min_layers, cfg.max_layers), "2 <= min_layers <= max_layers <= 4")
     _check(2 <= cfg.min_width <= cfg.max_width <= 4, k("min_width/max_width"),
@@ -73,8 +77,8 @@ def validate_generator(cfg: GeneratorConfig, prefix: str = "") -> None:
     min_ip = (cfg.min_layers - 1) * cfg.min_width
     _check(isinstance(cfg.max_ip, int) and cfg.max_ip >= min_ip, k("max_ip"), cfg.max_ip,
            f"an integer >= (min_layers - 1) * min_width = {min_ip}")
-    _check(cfg.op is None or (isinstance(cfg.op, int) and 1 <= cfg.op <= 64), k("op"), cfg.op,
-           "null or an integer in 1..64")
+    _check(cfg.op is None or (isinstance(cfg.op, int) and 1 <= cfg.op <= MAX_OP), k("op"), cfg.op,
+           f"null or an integer in 1..{MAX_OP} (one solution letter per step)")
     _check(cfg.fmt in ("pq", "qp"), k("fmt"), cfg.fmt, "'pq' or 'qp'")
     _check(cfg.split in ("train", "test", "any"), k("split"), cfg.split, "'train', 'test' or 'any'")
     _check(1 <= cfg.split_boundary <= 22, k("split_boundary"), cfg.split_boundary,

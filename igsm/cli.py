@@ -1,0 +1,253 @@
+"""``python -m igsm generate | verify | stats`` (design 3.1).
+
+Errors a user can cause (bad flags, unreadable files, bad world files, malformed lines) end the
+program with exit code 2 and one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+import sys
+from dataclasses import replace
+from typing import Iterable, Iterator, Optional
+
+from .config import GENERATOR_PRESETS, ConfigError, generator_preset
+from .generator import GenerationError, generate_problem, problem_rng
+from .problem import Problem
+from .world import WorldError, load_world
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+# ----------------------------------------------------------------------------------------------
+# generate
+# ----------------------------------------------------------------------------------------------
+def problem_record(p: Problem, index: int, split: str) -> dict:
+    """One exported JSONL object (fields documented in README, design 3.1)."""
+    return {
+        "id": index,
+        "problem": p.problem_text,
+        "solution": p.solution,
+        "answer": p.answer,
+        "op": p.op,
+        "ip": p.ip,
+        "format": p.fmt,
+        "split": split,
+        "reask": p.reask,
+        "template_hash": p.template_hash,
+        "bucket": p.bucket(),
+        "graph": p.graph_json(),
+    }
+
+
+def _generate_chunk(args: tuple) -> list[str]:
+    cfg, seed, split, start, stop = args
+    out = []
+    for i in range(start, stop):
+        p = generate_problem(cfg, problem_rng(seed, split, i))
+        out.append(json.dumps(problem_record(p, i, split), ensure_ascii=False))
+    return out
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    overrides = {"split": a.split, "fmt": a.format, "reask": a.reask}
+    if a.op is not None:
+        overrides["op"] = a.op
+    if a.world is not None:
+        overrides["world"] = a.world
+    cfg = generator_preset(a.preset, **overrides)
+    if a.world is not None:
+        load_world(a.world)  # fail early with the file's own message
+    if a.n < 0:
+        raise CLIError(f"--n {a.n}: must be >= 0")
+    chunk = 500
+    jobs = [(cfg, a.seed, a.split, s, min(a.n, s + chunk)) for s in range(0, a.n, chunk)]
+    with _open_out(a.out) as f:
+        if a.workers > 1 and len(jobs) > 1:
+            import multiprocessing as mp
+
+            with mp.get_context("spawn").Pool(a.workers) as pool:
+                for lines in pool.imap(_generate_chunk, jobs):
+                    f.write("\n".join(lines) + "\n")
+        else:
+            for job in jobs:
+                lines = _generate_chunk(job)
+                f.write("\n".join(lines) + "\n")
+    print(f"wrote {a.n} {a.preset} problems (split={a.split}, op={a.op or 'train distribution'}, "
+          f"format={a.format}, reask={a.reask}, seed={a.seed}) to {a.out}")
+    return 0
+
+
+def _open_out(path: str):
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as e:
+        raise CLIError(f"--out {path}: cannot be written ({e.strerror or e})") from None
+
+
+def read_jsonl(path: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-empty line; malformed lines are a CLIError."""
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise CLIError(f"--in {path}: cannot be read ({e.strerror or e})") from None
+    with f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CLIError(f"{path} line {n}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise CLIError(f"{path} line {n}: expected a JSON object, got {type(obj).__name__}")
+            yield n, obj
+
+
+# ----------------------------------------------------------------------------------------------
+# verify
+# ----------------------------------------------------------------------------------------------
+def cmd_verify(a: argparse.Namespace) -> int:
+    from .parse import verify_text
+    from .verify import verify_solution
+
+    world = load_world(a.world)
+    total = correct = 0
+    out = _open_out(a.out) if a.out else None
+    try:
+        for n, obj in read_jsonl(a.inp):
+            for key in ("problem", "solution"):
+                if not isinstance(obj.get(key), str):
+                    raise CLIError(f"{a.inp} line {n}: field {key!r} must be a string, "
+                                   f"got {type(obj.get(key)).__name__}")
+            answer = obj.get("answer")
+            if isinstance(obj.get("graph"), dict):
+                try:
+                    problem = Problem.from_graph_json(obj["graph"])
+                except (KeyError, TypeError, ValueError) as e:
+                    raise CLIError(f"{a.inp} line {n}: field 'graph' is malformed ({e!r})") from None
+                report = verify_solution(problem, obj["solution"], answer)
+            else:
+                report = verify_text(obj["problem"], obj["solution"], answer, world)
+            total += 1
+            correct += bool(report.correct)
+            if out:
+                rec = {"id": obj.get("id", n), **_report_fields(report)}
+                out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    finally:
+        if out:
+            out.close()
+    print(f"{total} verified: {correct} correct, {total - correct} wrong")
+    return 0
+
+
+def _report_fields(report) -> dict:
+    d = report.to_dict()
+    keys = ("correct", "answer_correct", "error", "first_wrong_param", "missing_params",
+            "unnecessary_params", "message")
+    return {k: d.get(k) for k in keys}
+
+
+# ----------------------------------------------------------------------------------------------
+# stats
+# ----------------------------------------------------------------------------------------------
+def histogram(name: str, values: Iterable[int], width: int = 40) -> str:
+    vals = list(values)
+    if not vals:
+        return f"{name}: no values"
+    counts = collections.Counter(vals)
+    top = max(counts.values())
+    lines = [f"{name}: n={len(vals)} min={min(vals)} median={statistics.median(vals):g} "
+             f"mean={statistics.mean(vals):.2f} max={max(vals)}"]
+    keys = sorted(counts)
+    if len(keys) > 30:  # bin long tails (token lengths) into ~25 equal bins
+        lo, hi = keys[0], keys[-1]
+        step = max(1, (hi - lo + 24) // 25)
+        binned = collections.Counter((v - lo) // step for v in vals)
+        top = max(binned.values())
+        for b in range(0, (hi - lo) // step + 1):
+            c = binned.get(b, 0)
+            lines.append(f"  {lo + b * step:>5}-{lo + (b + 1) * step - 1:<5} {c:>7} {'#' * round(width * c / top)}")
+    else:
+        for k in keys:
+            c = counts[k]
+            lines.append(f"  {k:>11} {c:>7} {'#' * round(width * c / top)}")
+    return "\n".join(lines)
+
+
+def cmd_stats(a: argparse.Namespace) -> int:
+    from .tokenizer import build_tokenizer
+
+    tok = build_tokenizer("gpt2")
+    ops, ips, sentences, lengths, answers = [], [], [], [], []
+    for n, obj in read_jsonl(a.inp):
+        problem, solution = obj.get("problem"), obj.get("solution")
+        if not isinstance(problem, str) or not isinstance(solution, str):
+            raise CLIError(f"{a.inp} line {n}: fields 'problem' and 'solution' must be strings")
+        statements = problem.count(". ") + problem.endswith(".")  # sentences end with "."
+        ips.append(int(obj["ip"]) if isinstance(obj.get("ip"), int) else statements)
+        sol_sentences = solution.count("Define ")
+        sentences.append(sol_sentences)
+        ops.append(int(obj["op"]) if isinstance(obj.get("op"), int) else solution.count("="))
+        answer = obj.get("answer", "")
+        lengths.append(len(tok.encode_example(problem, solution, answer)))
+        try:
+            answers.append(int(str(answer).strip().rstrip(".")))
+        except ValueError:
+            pass
+    print(histogram("op", ops))
+    print(histogram("ip (statement sentences)", ips))
+    print(histogram("solution sentences", sentences))
+    print(histogram("GPT-2 tokens (full sequence)", lengths))
+    print(histogram("answer", answers))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m igsm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="export problems as JSONL")
+    g.add_argument("--preset", choices=sorted(GENERATOR_PRESETS), default="med")
+    g.add_argument("--split", choices=["train", "test"], default="train")
+    g.add_argument("--op", type=int, default=None, help="force op = N (default: training distribution)")
+    g.add_argument("--reask", action="store_true", help="re-draw the question (spec 8)")
+    g.add_argument("--format", choices=["pq", "qp"], default="pq")
+    g.add_argument("--n", type=int, default=1000)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--world", default=None, help="world JSON file (default: the shipped world)")
+    g.add_argument("--workers", type=int, default=1, help="processes (output is the same for any number)")
+    g.add_argument("--out", required=True)
+    g.set_defaults(func=cmd_generate)
+    v = sub.add_parser("verify", help="grade solutions in a JSONL file")
+    v.add_argument("--in", dest="inp", required=True)
+    v.add_argument("--world", default=None)
+    v.add_argument("--out", default=None, help="per-line report (JSONL)")
+    v.set_defaults(func=cmd_verify)
+    s = sub.add_parser("stats", help="histograms of op, ip, sentences, token lengths, answers")
+    s.add_argument("--in", dest="inp", required=True)
+    s.set_defaults(func=cmd_stats)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)  # argparse errors exit 2 with one usage line and one error line
+    try:
+        return a.func(a)
+    except (CLIError, ConfigError, WorldError, GenerationError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. piped into `head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
