@@ -22,3 +22,11 @@ def subprocess_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+try:  # one intra-op thread: tests are tiny, and extra threads only fight the other test processes
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # the data-layer tests need no torch
+    pass

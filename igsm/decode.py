@@ -1,0 +1,94 @@
+"""Batched greedy decoding with a KV cache (evaluation of generated solutions, spec 10 and 13).
+
+Prompts are sorted by length so each batch holds similar lengths (little padding), left-padded
+onto one position grid, prefilled in one forward pass, then extended one token per step from
+the cache. Left padding is exact: padded keys are masked out, and RoPE scores depend only on
+relative positions (see :mod:`igsm.model`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from igsm.model import GPT
+
+STOP_CHECK_EVERY = 8  # steps between "has every row stopped?" checks; each check syncs the GPU
+
+
+@torch.inference_mode()
+def greedy_decode(
+    model: GPT,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int,
+    stop_ids: Iterable[int],
+    pad_id: int,
+    batch_size: int = 256,
+) -> list[list[int]]:
+    """Per prompt, in input order: the new token ids up to and including the first stop token
+    (or max_new_tokens of them). Runs on the model's device and in its dtype, or in the active
+    autocast dtype; the model is put in eval mode for the call and restored afterwards."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    stop_ids = set(stop_ids)
+
+    # Longest first: a batch that does not fit in memory fails at once, not at the end.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+    results: list[list[int]] = [[] for _ in prompts]
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            generated = _decode_batch(model, [prompts[i] for i in rows], max_new_tokens, stop_ids, pad_id)
+            for i, tokens in zip(rows, generated):
+                results[i] = tokens
+    finally:
+        model.train(was_training)
+    return results
+
+
+def _decode_batch(
+    model: GPT, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int], pad_id: int
+) -> list[list[int]]:
+    """Greedy decoding of one batch; returns each row's tokens cut after its first stop token."""
+    device = model.wte.weight.device
+    B, P = len(prompts), max(len(p) for p in prompts)
+
+    idx = torch.full((B, P), pad_id, dtype=torch.long)  # [B, P]
+    valid = torch.zeros(B, P, dtype=torch.bool)  # [B, P]
+    for row, prompt in enumerate(prompts):
+        idx[row, P - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        valid[row, P - len(prompt) :] = True
+    idx, valid = idx.to(device), valid.to(device)
+
+    # The cache holds k and v as attention produces them: the autocast dtype when one is active.
+    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+    # The last generated token is never fed back, so P + max_new_tokens - 1 positions suffice.
+    cache = model.new_kv_cache(B, P + max_new_tokens - 1, device=device, dtype=dtype)
+    stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
+    out = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)  # [B, N]
+    stopped = torch.zeros(B, dtype=torch.bool, device=device)  # [B]
+
+    logits = model.forward_cached(idx, cache, valid)  # [B, padded_vocab]
+    for t in range(max_new_tokens):
+        next_id = logits[:, : model.vocab_size].argmax(dim=-1)  # [B]; never a padding-vocab id
+        out[:, t] = next_id
+        stopped |= torch.isin(next_id, stop)
+        if t == max_new_tokens - 1 or (t % STOP_CHECK_EVERY == STOP_CHECK_EVERY - 1 and stopped.all()):
+            break
+        logits = model.forward_cached(next_id[:, None], cache)  # [B, padded_vocab]
+
+    # Rows that stopped keep decoding until the batch does; cut each after its first stop token.
+    generated = []
+    for row in out[:, : t + 1].tolist():
+        cut = next((j + 1 for j, tok in enumerate(row) if tok in stop_ids), len(row))
+        generated.append(row[:cut])
+    return generated
+
+
+__all__ = ["greedy_decode"]

@@ -1,0 +1,367 @@
+"""GPT-2 with rotary position embeddings (spec 13), as a plain ``nn.Module``.
+
+Read top to bottom: RoPE functions, attention, MLP, block, the model, then the KV cache used for
+batched decoding. ``GPT2-l-h`` means ``ModelConfig(n_layer=l, n_head=h)`` (hidden size 64*h).
+
+Beyond a standard GPT-2, the forward pass serves the V-probe (spec 11):
+- ``output_hidden_states=True`` returns the residual stream after every block;
+- ``embed_delta=(U, V)`` adds a rank-r update ``U[idx] @ V`` to the input embedding only;
+- ``compute_logits=False`` skips the language-model head when only hidden states are needed.
+
+Decoding uses :meth:`GPT.forward_cached` with a preallocated :class:`KVCache`. Prompts are
+left-padded onto one shared position grid; padded keys are masked out of attention, and since
+RoPE scores depend only on relative positions, a prompt shifted right by its padding produces
+exactly the same scores as the unpadded prompt.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from igsm.config import ModelConfig, validate_model
+
+VOCAB_MULTIPLE = 64  # pad the embedding table so the lm-head matmul has tensor-core friendly shapes
+CACHE_MULTIPLE = 64  # KV-cache length and attended key span are rounded up to this (see KVCache)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotary position embeddings: pure functions, tested on their own.
+# ---------------------------------------------------------------------------------------------
+
+def build_rope_cache(
+    seq_len: int, head_dim: int, base: float = 10000.0, device: Optional[torch.device] = None
+) -> tuple[Tensor, Tensor]:
+    """cos and sin tables, each [seq_len, head_dim // 2], for positions 0..seq_len-1.
+
+    Frequency i rotates the pair (x[i], x[i + head_dim/2]) by angle pos * base^(-2i/head_dim)
+    (the GPT-NeoX / litgpt "rotate half" layout). Built in float32 for accuracy.
+    """
+    assert head_dim % 2 == 0, "RoPE rotates pairs of channels: head_dim must be even"
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)  # [hd/2]
+    pos = torch.arange(seq_len, device=device, dtype=torch.float32)  # [T]
+    angles = torch.outer(pos, inv_freq)  # [T, hd/2]
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate x [..., T, head_dim] by the angles of its positions; cos, sin are [T, head_dim // 2].
+
+    Because every pair is rotated by an angle linear in the position, the dot product of a
+    rotated query at m with a rotated key at n depends only on m - n.
+    """
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]  # [..., T, hd/2] each
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # [..., T, hd]
+
+
+# ---------------------------------------------------------------------------------------------
+# The transformer.
+# ---------------------------------------------------------------------------------------------
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with RoPE on q and k, computed by SDPA."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.head_dim = cfg.d_model // cfg.n_head
+        self.dropout = cfg.dropout
+        self.c_attn = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)  # q, k, v together
+        self.c_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)  # residual projection
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        kv: Optional[tuple[Tensor, Tensor]] = None,
+        pos: int = 0,
+        attn_mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        """x [B, T, d] -> [B, T, d]. cos/sin cover the T positions of x.
+
+        Plain path (kv None): causal attention over x alone. Cached path: k, v of x are written
+        into the layer's cache at pos..pos+T-1 and the queries attend to the cached keys allowed
+        by attn_mask [B, 1, T, S] (True = attend), where S is the attended span of the cache.
+        """
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # [B, T, d] each
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
+        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
+        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        if kv is None:
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            )  # [B, H, T, hd]
+        else:
+            assert attn_mask is not None, "the cached path needs an attention mask"
+            k_cache, v_cache = kv  # [B, H, max_len, hd] each
+            k_cache[:, :, pos : pos + T] = k
+            v_cache[:, :, pos : pos + T] = v
+            S = attn_mask.shape[-1]
+            k_all = k_cache[:, :, :S].to(q.dtype)  # [B, H, S, hd]
+            v_all = v_cache[:, :, :S].to(q.dtype)  # [B, H, S, hd]
+            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=attn_mask)  # [B, H, T, hd]
+
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # [B, T, d]
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: d -> 4d -> GELU -> d."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.d_model, 4 * cfg.d_model, bias=cfg.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * cfg.d_model, cfg.d_model, bias=cfg.bias)  # residual projection
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # [B, T, d]
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        kv: Optional[tuple[Tensor, Tensor]] = None,
+        pos: int = 0,
+        attn_mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        x = x + self.attn(self.ln_1(x), cos, sin, kv, pos, attn_mask)  # [B, T, d]
+        x = x + self.mlp(self.ln_2(x))  # [B, T, d]
+        return x
+
+
+class GPTOutput(NamedTuple):
+    """What :meth:`GPT.forward` returns; fields the caller did not ask for are None."""
+
+    logits: Optional[Tensor]  # [B, T, padded_vocab]
+    loss: Optional[Tensor]  # scalar: mean cross-entropy over targets != -100
+    hidden_states: Optional[tuple[Tensor, ...]]  # n_layer + 1 tensors [B, T, d]
+
+
+class GPT(nn.Module):
+    """GPT-2 (pre-LN, GELU, tied embeddings) with RoPE instead of learned positions."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
+        super().__init__()
+        validate_model(cfg)
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.padded_vocab = math.ceil(vocab_size / VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+        d = cfg.d_model
+
+        self.wte = nn.Embedding(self.padded_vocab, d)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(d, bias=cfg.bias)
+        self.lm_head = nn.Linear(d, self.padded_vocab, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied: one matrix embeds and un-embeds
+
+        # Derived from the config, so never saved: checkpoints hold learned weights only.
+        cos, sin = build_rope_cache(cfg.block_size, d // cfg.n_head, cfg.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)  # [block_size, hd/2]
+        self.register_buffer("rope_sin", sin, persistent=False)  # [block_size, hd/2]
+
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        """GPT-2 initialisation of every tensor:
+
+        - ``wte.weight`` (also the output head): normal, std 0.02 (pad rows included).
+        - ``c_attn.weight``, ``mlp.c_fc.weight``: normal, std 0.02.
+        - ``attn.c_proj.weight``, ``mlp.c_proj.weight`` (the two writes into the residual stream
+          per block): normal, std 0.02 / sqrt(2 * n_layer), so the stream's variance does not
+          grow with depth.
+        - every Linear bias: zero.
+        - every LayerNorm: weight one, bias zero.
+        - ``rope_cos``, ``rope_sin``: computed, not learned.
+        """
+        std = 0.02
+        resid_std = std / math.sqrt(2 * self.cfg.n_layer)
+        nn.init.normal_(self.wte.weight, mean=0.0, std=std)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear) and module is not self.lm_head:
+                nn.init.normal_(module.weight, mean=0.0, std=resid_std if name.endswith("c_proj") else std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    # -- embedding and the plain forward -------------------------------------------------------
+
+    def embed(self, idx: Tensor, embed_delta: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
+        """Input embedding [B, T, d]: wte(idx), plus U[idx] @ V when a V-probe delta is given."""
+        x = self.wte(idx)  # [B, T, d]
+        if embed_delta is not None:
+            U, V = embed_delta  # [padded_vocab, r], [r, d]
+            x = x + F.embedding(idx, U) @ V  # [B, T, r] @ [r, d] -> [B, T, d]
+        return x
+
+    def forward(
+        self,
+        idx: Tensor,
+        targets: Optional[Tensor] = None,
+        *,
+        embed_delta: Optional[tuple[Tensor, Tensor]] = None,
+        output_hidden_states: bool = False,
+        compute_logits: bool = True,
+    ) -> GPTOutput:
+        """idx [B, T] token ids -> logits [B, T, padded_vocab], loss, hidden states.
+
+        targets [B, T]: next-token ids, -100 where no loss is wanted (mean over the rest).
+        hidden_states[0] is the embedding output (the input of block 1), hidden_states[l] the
+        residual stream after block l; the last one is before the final LayerNorm.
+        """
+        T = idx.shape[1]
+        if T > self.cfg.block_size:
+            raise ValueError(f"sequence length {T} exceeds model.block_size={self.cfg.block_size}")
+        if targets is not None and not compute_logits:
+            raise ValueError("a loss needs logits: pass compute_logits=True with targets")
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # [T, hd/2]
+
+        x = self.drop(self.embed(idx, embed_delta))  # [B, T, d]
+        hidden = [x] if output_hidden_states else None
+        for block in self.blocks:
+            x = block(x, cos, sin)  # [B, T, d]
+            if hidden is not None:
+                hidden.append(x)
+
+        logits = loss = None
+        if compute_logits:
+            logits = self.lm_head(self.ln_f(x))  # [B, T, padded_vocab]
+            if targets is not None:
+                loss = F.cross_entropy(
+                    logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-100
+                )
+        return GPTOutput(logits, loss, tuple(hidden) if hidden is not None else None)
+
+    # -- decoding with a KV cache ---------------------------------------------------------------
+
+    def new_kv_cache(
+        self, batch: int, max_len: int, *, device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> "KVCache":
+        """An empty cache for `batch` rows of up to `max_len` positions (prompt + generation)."""
+        if max_len > self.cfg.block_size:
+            raise ValueError(f"max_len={max_len} exceeds model.block_size={self.cfg.block_size}")
+        p = self.wte.weight
+        return KVCache(
+            n_layer=self.cfg.n_layer, batch=batch, n_head=self.cfg.n_head,
+            max_len=min(_round_up(max_len, CACHE_MULTIPLE), self.cfg.block_size),
+            head_dim=self.cfg.d_model // self.cfg.n_head,
+            device=device or p.device, dtype=dtype or p.dtype,
+        )
+
+    def forward_cached(self, idx: Tensor, cache: "KVCache", valid: Optional[Tensor] = None) -> Tensor:
+        """Append idx [B, T] at positions cache.pos..cache.pos+T-1; return the logits of the last
+        position [B, padded_vocab] (all decoding needs, and far less memory than [B, T, V]).
+
+        valid [B, T] bool marks real tokens (False = left padding); None = all real.
+        See :func:`cached_attention_mask` for who attends to what.
+        """
+        T = idx.shape[1]
+        pos = cache.pos
+        if pos + T > cache.max_len:
+            raise ValueError(f"KV cache full: {pos} + {T} positions > max_len={cache.max_len}")
+        cache.valid[:, pos : pos + T] = True if valid is None else valid
+        # Attend over a key span rounded up to CACHE_MULTIPLE: fewer distinct shapes, aligned masks;
+        # keys past pos + T are excluded by causality.
+        S = min(_round_up(pos + T, CACHE_MULTIPLE), cache.max_len)
+        attn_mask = cached_attention_mask(cache.valid[:, :S], pos, T)  # [B, 1, T, S]
+
+        cos, sin = self.rope_cos[pos : pos + T], self.rope_sin[pos : pos + T]  # [T, hd/2]
+        x = self.wte(idx)  # [B, T, d]
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cos, sin, (cache.k[layer], cache.v[layer]), pos, attn_mask)  # [B, T, d]
+        cache.pos = pos + T
+        return self.lm_head(self.ln_f(x[:, -1]))  # [B, padded_vocab]
+
+    # -- size and cost ------------------------------------------------------------------------
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Number of parameters (the tied embedding counted once); optionally without it."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.wte.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token (forward + backward) = 6N + 12 * L * d * T.
+
+        6N: each parameter is one multiply-add (2 FLOPs) forward and two backward; N includes
+        the tied embedding because it is the output head's matmul. 12*L*d*T: the attention
+        score and value products (q@k^T and att@v: 2 * 2*d*T FLOPs per token per layer forward,
+        times 3 for forward + backward). The PaLM appendix B / nanoGPT estimate used for MFU;
+        it counts the full T x T score matrix although causal attention needs half.
+        """
+        L, d = self.cfg.n_layer, self.cfg.d_model
+        return 6 * self.num_params() + 12 * L * d * seq_len
+
+
+def cached_attention_mask(key_valid: Tensor, pos: int, T: int) -> Tensor:
+    """Mask [B, 1, T, S] (True = attend) for queries at positions pos..pos+T-1 over keys 0..S-1.
+
+    key_valid [B, S] marks real keys (False = padding or not written yet). A query attends to
+    valid keys at its own or earlier positions. A padded query also attends to itself, so no
+    softmax row is empty: an empty row gives NaN on some SDPA backends, and NaN written into the
+    cache would poison real rows through 0 * NaN in the attention-times-values product.
+    """
+    S = key_valid.shape[1]
+    q_pos = torch.arange(pos, pos + T, device=key_valid.device)[:, None]  # [T, 1]
+    k_pos = torch.arange(S, device=key_valid.device)[None, :]  # [1, S]
+    causal = k_pos <= q_pos  # [T, S]
+    allowed = key_valid[:, None, :] | (k_pos == q_pos)[None]  # [B, T, S]
+    return (causal[None] & allowed)[:, None]  # [B, 1, T, S]
+
+
+class KVCache:
+    """Preallocated keys and values for all layers: static shapes, no torch.cat while decoding.
+
+    k, v: [n_layer, B, H, max_len, head_dim]; valid: [B, max_len] bool (False = padding or not
+    yet written); pos: how many positions are filled (the next write goes there).
+    """
+
+    def __init__(
+        self, *, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int,
+        device: torch.device, dtype: torch.dtype,
+    ) -> None:
+        shape = (n_layer, batch, n_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.valid = torch.zeros(batch, max_len, device=device, dtype=torch.bool)
+        self.max_len = max_len
+        self.pos = 0
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+__all__ = ["GPT", "GPTOutput", "KVCache", "build_rope_cache", "apply_rope", "cached_attention_mask"]
