@@ -148,8 +148,8 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 def _report_fields(report) -> dict:
     d = report.to_dict()
-    keys = ("correct", "answer_correct", "error", "first_wrong_param", "missing_params",
-            "unnecessary_params", "message")
+    keys = ("correct", "answer_correct", "error", "first_wrong_param", "first_wrong_sentence",
+            "missing_params", "unnecessary_params", "message")
     return {k: d.get(k) for k in keys}
 
 

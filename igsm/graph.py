@@ -413,7 +413,11 @@ def sample_dependencies(structure: Structure, s: int, rng: random.Random,
 
 
 def reask(deps: Dependencies, rng: random.Random, max_op: int = 52) -> Dependencies:
-    """Re-draw the question among all parameters; the solution becomes its ancestors (spec 8)."""
+    """Re-draw the question among all parameters; the solution becomes its ancestors (spec 8).
+
+    Abstract parameters that no longer appear anywhere (the old abstract question, and what only
+    it used) leave the dependency graph: the text never mentions them.
+    """
     params = deps.definition_order
     for _ in range(100):
         q = rng.choice(params)
@@ -427,4 +431,16 @@ def reask(deps: Dependencies, rng: random.Random, max_op: int = 52) -> Dependenc
         solution = [p for p in params if p in need]
         if sum(deps.equations[p].op for p in solution) <= max_op:
             break
-    return Dependencies(deps.equations, deps.definition_order, solution, q, deps.values)
+    users = {p: 0 for p in params}
+    for p in params:
+        for x in deps.equations[p].inputs:
+            users[x] += 1
+    kept = set(params)
+    for p in reversed(params):  # users come after their inputs: one backward pass suffices
+        if p.kind == ABS and p not in need and users[p] == 0:
+            kept.discard(p)
+            for x in deps.equations[p].inputs:
+                users[x] -= 1
+    order = [p for p in params if p in kept]
+    return Dependencies({p: deps.equations[p] for p in order}, order, solution, q,
+                        {p: deps.values[p] for p in order})
