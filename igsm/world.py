@@ -16,7 +16,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-DEFAULT_WORLD = Path(__file__).parent / "data" / "world.json"
+DATA_DIR = Path(__file__).parent / "data"
+DEFAULT_WORLD = DATA_DIR / "world.json"
+# Worlds shipped with igsm, usable by name wherever a world file is expected.
+SHIPPED_WORLDS = {"default": DEFAULT_WORLD, "tiny": DATA_DIR / "world_tiny.json"}
 LAYERS_PER_FAMILY = 4
 MAX_WIDTH = 4  # the widest layer a problem can have; a usable group needs this many names
 # Characters that would make sentences ambiguous to split or parse.
@@ -144,5 +147,10 @@ def _load_cached(path: str) -> World:
 
 
 def load_world(path: Union[str, Path, None] = None) -> World:
-    """Load and validate a world file; ``None`` is the default world shipped with igsm."""
-    return _load_cached(str(Path(path) if path else DEFAULT_WORLD))
+    """Load and validate a world file. ``None`` is the default world; ``"tiny"`` names the small
+    world of one-word names shipped for the CPU preset (see ``SHIPPED_WORLDS``)."""
+    if path is None:
+        path = DEFAULT_WORLD
+    elif str(path) in SHIPPED_WORLDS:
+        path = SHIPPED_WORLDS[str(path)]
+    return _load_cached(str(Path(path)))
