@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 from .config import GeneratorConfig
 from .problem import ABS, INST, MOD, Equation, Param
@@ -75,10 +75,10 @@ class Dependencies:
 # --------------------------------------------------------------------------------------------
 # Structure graph
 # --------------------------------------------------------------------------------------------
-def _softmax_draw(rng: random.Random, choices: tuple[int, ...], scores: list[float]) -> int:
+def _softmax_draw(rng: random.Random, choices: Sequence, scores: list[float]):
+    """One of ``choices`` with probability proportional to exp(score)."""
     top = max(scores)
-    weights = [math.exp(x - top) for x in scores]
-    return rng.choices(choices, weights)[0]
+    return rng.choices(choices, [math.exp(x - top) for x in scores])[0]
 
 
 def sample_structure(cfg: GeneratorConfig, s: int, rng: random.Random) -> Structure:
@@ -210,7 +210,7 @@ class _Attempt:
 
         def draw_input(pool: list[Param]) -> Param:
             scores = [bias * ((p.kind == ABS) + (p not in needed_set)) for p in pool]
-            return pool[0] if len(pool) == 1 else _softmax_pick(rng, pool, scores)
+            return pool[0] if len(pool) == 1 else _softmax_draw(rng, pool, scores)
 
         def need(p: Param) -> None:
             if p not in needed_set:
@@ -306,11 +306,6 @@ class _Attempt:
         if equations is None:
             return None
         return question, order, equations
-
-
-def _softmax_pick(rng: random.Random, pool: list, scores: list[float]):
-    top = max(scores)
-    return rng.choices(pool, [math.exp(v - top) for v in scores])[0]
 
 
 def make_instance_equation(rng: random.Random, inputs: list[Param], has_literal: bool) -> Equation:
