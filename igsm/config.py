@@ -8,7 +8,7 @@ YAML files in ``configs/`` and command-line dotlists only override these fields;
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Optional
+from typing import NamedTuple, Optional
 
 
 MAX_OP = 52  # solution steps each take one of the 52 ASCII letters
@@ -124,3 +124,428 @@ __all__ = [
     "ConfigError", "GeneratorConfig", "GENERATOR_PRESETS", "generator_preset", "validate_generator",
     "ModelConfig", "validate_model", "field", "field_names",
 ]
+
+
+
+# =============================================================================================
+# Training configs (train.py). Defaults are the paper's iGSM-med recipe (spec 13); the YAML files
+# in configs/ override them (tiny.yaml is the default CPU run). Probing adds its own configs here.
+# =============================================================================================
+
+# Evaluation buckets per generator preset (design 3.2 / spec 6). Grammar of one bucket:
+#   "<=N"     op drawn from the training distribution with max_op = N (op ≤ N)
+#   "N"       op forced to N (the paper's "op = N" test sets, also beyond max_op)
+#   "reaskN"  op forced to N, then the question re-asked (spec 8)
+#   ":train" or ":any" after any of these: templates of that split instead of the test split.
+# op = 1 has no test-split template in any preset (its few templates all hash below the split
+# boundary), so tiny's easiest bucket uses the train templates (new problems, seen templates).
+EVAL_BUCKETS: dict[str, list[str]] = {
+    "med": ["<=15", "15", "20", "21", "22", "23", "reask20"],
+    "hard": ["<=21", "21", "28", "29", "30", "31", "32", "reask28"],
+    "tiny": ["<=2:train", "<=4", "2", "3", "4", "5", "6", "reask4"],
+}
+
+LOSS_ON = ("all", "solution")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+# Single-file checkpoint strategies only (igsm.trainer saves checkpoints atomically itself);
+# the largest model of the paper (~300M parameters) fits on one GPU, so DDP is all we need.
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_find_unused_parameters_true")
+PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
+
+
+@dataclass
+class DataConfig(GeneratorConfig):
+    """Training data: generator knobs (inherited; ``preset`` chooses their base values), tokens, batches.
+
+    Precedence for the generator fields: these dataclass defaults < ``GENERATOR_PRESETS[preset]``
+    < YAML < command line, so ``data.preset=med data.max_op=21`` is med with op_max 21.
+    """
+
+    preset: str = "med"  # the GENERATOR_PRESETS entry whose values are the base of the fields above
+    tokenizer: str = "gpt2"  # "gpt2" (the paper's BPE) or "word" (closed vocabulary, small runs)
+    context: int = 768  # packing window in tokens; a longer problem is dropped
+    batch_size: int = 64  # sequences per device per forward pass (micro-batch)
+    # Sequences per optimizer step over all devices and accumulation; None = batch_size * devices
+    # * num_nodes * trainer.accumulate_grad_batches. When set, the accumulation is derived from it.
+    global_batch_size: Optional[int] = 512
+    loss_on: str = "all"  # "all" tokens (the paper) or "solution" (solution + answer + eos only)
+    num_workers: int = 4  # DataLoader worker processes generating problems (0 = in the main process)
+    prefetch_batches: int = 4  # batches each worker keeps ready (DataLoader prefetch_factor)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay (spec 13), stepped every optimizer step."""
+
+    lr: float = 2e-3  # peak learning rate
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    weight_decay: float = 0.05  # on matmul weights only: no decay for biases, LayerNorm, embeddings
+    warmup_steps: int = 1000
+    min_lr_ratio: float = 0.01  # the cosine ends at min_lr_ratio * lr at trainer.max_steps
+    grad_clip: Optional[float] = 1.0  # max global gradient norm; None = no clipping
+
+
+@dataclass
+class TrainerConfig:
+    """What Lightning's Trainer gets (see igsm.trainer.build_trainer)."""
+
+    max_steps: int = 100_000  # optimizer steps
+    accelerator: str = "auto"
+    devices: int = 1  # devices per node
+    num_nodes: int = 1
+    strategy: str = "auto"  # "ddp" for several devices
+    precision: Optional[str] = None  # None = auto: "bf16-mixed" on GPU, "32-true" on CPU
+    accumulate_grad_batches: Optional[int] = None  # None = from data.global_batch_size, else 1
+    log_every_n_steps: int = 50
+    eval_every: Optional[int] = 10_000  # steps between evaluations; None = only the final one
+    checkpoint_every: int = 5_000  # steps between checkpoints (each also refreshes last.ckpt)
+    enable_progress_bar: bool = True
+    # Intra-op threads of the training process (torch.set_num_threads); None = torch's default (one
+    # per core). On a small CPU shared with DataLoader workers or other jobs, fewer threads than
+    # cores avoids OpenMP threads spinning against each other (measured: 4x faster with 1 than 2
+    # on a busy 2-core machine).
+    cpu_threads: Optional[int] = None
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation by greedy decoding graded with the full-solution verifier (spec 10, 13)."""
+
+    n: int = 4096  # problems per bucket (the paper's 4,096)
+    batch_size: int = 256  # prompts decoded together
+    max_new_tokens: int = 1024  # generation budget per problem (also capped by model.block_size)
+    buckets: Optional[list[str]] = None  # None = EVAL_BUCKETS[data.preset]; grammar above
+    examples: int = 2  # decoded examples per bucket written to TensorBoard as text
+    seed: int = 0  # the evaluation sets depend on this, not on the training seed
+    final: bool = True  # evaluate when training ends
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``python train.py`` reads (design 3.2). ``preset`` picks ``configs/<preset>.yaml``."""
+
+    name: Optional[str] = None  # run name: logs/<name>/version_N; None = the preset's name
+    preset: str = "tiny"
+    config: Optional[str] = None  # a YAML file applied after the preset, before the command line
+    print_config: bool = False  # print the resolved config and exit
+    ckpt_path: Optional[str] = None  # "last" = latest run of this name, or a .ckpt file
+    seed: int = 0
+    log_root: str = "logs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def resolve(self) -> None:
+        """Fill the defaults that depend on other keys (called by load_config before validate)."""
+        if self.name is None:
+            self.name = self.preset
+        if self.eval.buckets is None and self.data.preset in EVAL_BUCKETS:
+            self.eval.buckets = list(EVAL_BUCKETS[self.data.preset])
+
+    def validate(self) -> None:
+        validate_train(self)
+
+
+class BucketSpec(NamedTuple):
+    """One parsed evaluation bucket (grammar at EVAL_BUCKETS)."""
+
+    spec: str  # as written in the config
+    op: int  # N of "<=N", "N" or "reaskN"
+    up_to: bool  # True for "<=N": op drawn from the training distribution with max_op = N
+    reask: bool
+    split: str  # "test" (default), "train" or "any"
+
+    @property
+    def label(self) -> str:
+        """Name in TensorBoard tags and eval.json: op<=15, op=20, reask_op=20, train_op<=2."""
+        name = ("reask_" if self.reask else "") + ("op<=" if self.up_to else "op=") + str(self.op)
+        return name if self.split == "test" else f"{self.split}_{name}"
+
+
+def parse_bucket(spec: str, key: str = "eval.buckets") -> BucketSpec:
+    allowed = "'<=N', 'N' or 'reaskN' (N >= 1), optionally followed by ':train' or ':any'"
+    _check(isinstance(spec, str), key, spec, allowed)
+    body, _, split = spec.partition(":")
+    split = split or "test"
+    reask = body.startswith("reask")
+    up_to = body.startswith("<=")
+    digits = body[5:] if reask else body[2:] if up_to else body
+    _check(digits.isdigit() and int(digits) >= 1 and split in ("test", "train", "any"), key, spec, allowed)
+    _check(int(digits) <= MAX_OP, key, spec, f"op at most {MAX_OP}")
+    return BucketSpec(spec, int(digits), up_to, reask, split)
+
+
+def accumulation(cfg: TrainConfig) -> int:
+    """Micro-batches per optimizer step: explicit, or data.global_batch_size / sequences per step."""
+    if cfg.trainer.accumulate_grad_batches is not None:
+        return cfg.trainer.accumulate_grad_batches
+    if cfg.data.global_batch_size is None:
+        return 1
+    per_pass = cfg.data.batch_size * cfg.trainer.devices * cfg.trainer.num_nodes
+    return max(1, cfg.data.global_batch_size // per_pass)
+
+
+def validate_train(cfg: TrainConfig) -> None:
+    """Every group of a TrainConfig; raises ConfigError naming the first bad key."""
+    _check(bool(cfg.name) and all(part not in ("", ".", "..") for part in cfg.name.split("/"))
+           and not any(c.isspace() for c in cfg.name), "name", cfg.name,
+           "a non-empty run name without spaces ('/' makes sub-folders)")
+    _check(cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
+    validate_model(cfg.model, "model.")
+    validate_data(cfg.data, "data.")
+    _check(cfg.model.block_size >= cfg.data.context, "model.block_size", cfg.model.block_size,
+           f"an integer >= data.context ({cfg.data.context})")
+    validate_optim(cfg.optim, "optim.")
+    validate_trainer(cfg.trainer, "trainer.")
+    d, t = cfg.data, cfg.trainer
+    if d.global_batch_size is not None:
+        per_pass = d.batch_size * t.devices * t.num_nodes
+        acc = t.accumulate_grad_batches
+        _check(d.global_batch_size % per_pass == 0 and (acc is None or acc * per_pass == d.global_batch_size),
+               "data.global_batch_size", d.global_batch_size,
+               f"a multiple of data.batch_size * trainer.devices * trainer.num_nodes = {per_pass}"
+               + ("" if acc is None else f" equal to that times trainer.accumulate_grad_batches ({acc});"
+                  " set one of the two to null"))
+    _check(not (t.precision in ("16-mixed", "16-true") and t.accelerator == "cpu"), "trainer.precision",
+           t.precision, "'32-true', 'bf16-mixed' or null on CPU (float16 needs a GPU)")
+    validate_eval(cfg.eval, "eval.")
+    check_data_lengths(cfg.data, "data.")
+    check_buckets_generate(cfg.data, cfg.eval, "eval.buckets")
+
+
+def validate_data(cfg: DataConfig, prefix: str = "data.") -> None:
+    from igsm.tokenizer import TOKENIZER_NAMES  # torch-free; imported here to keep config.py a leaf
+
+    _check(cfg.preset in GENERATOR_PRESETS, prefix + "preset", cfg.preset, f"one of {sorted(GENERATOR_PRESETS)}")
+    validate_generator(cfg, prefix)
+    _check(cfg.split in ("train", "any"), prefix + "split", cfg.split,
+           "'train' or 'any' (the test templates are kept for evaluation)")
+    _check(cfg.tokenizer in TOKENIZER_NAMES, prefix + "tokenizer", cfg.tokenizer, f"one of {list(TOKENIZER_NAMES)}")
+    _check(cfg.context >= 16, prefix + "context", cfg.context, "an integer >= 16")
+    _check(cfg.batch_size >= 1, prefix + "batch_size", cfg.batch_size, "an integer >= 1")
+    _check(cfg.global_batch_size is None or cfg.global_batch_size >= 1, prefix + "global_batch_size",
+           cfg.global_batch_size, "null or an integer >= 1")
+    _check(cfg.loss_on in LOSS_ON, prefix + "loss_on", cfg.loss_on, f"one of {list(LOSS_ON)}")
+    _check(cfg.num_workers >= 0, prefix + "num_workers", cfg.num_workers, "an integer >= 0")
+    _check(cfg.prefetch_batches >= 1, prefix + "prefetch_batches", cfg.prefetch_batches, "an integer >= 1")
+
+
+def validate_optim(cfg: OptimConfig, prefix: str = "optim.") -> None:
+    _check(cfg.lr > 0, prefix + "lr", cfg.lr, "a float > 0")
+    _check(len(cfg.betas) == 2 and all(0 <= b < 1 for b in cfg.betas), prefix + "betas", list(cfg.betas),
+           "two floats in [0, 1)")
+    _check(cfg.eps > 0, prefix + "eps", cfg.eps, "a float > 0")
+    _check(cfg.weight_decay >= 0, prefix + "weight_decay", cfg.weight_decay, "a float >= 0")
+    _check(cfg.warmup_steps >= 0, prefix + "warmup_steps", cfg.warmup_steps, "an integer >= 0")
+    _check(0 <= cfg.min_lr_ratio <= 1, prefix + "min_lr_ratio", cfg.min_lr_ratio, "a float in [0, 1]")
+    _check(cfg.grad_clip is None or cfg.grad_clip > 0, prefix + "grad_clip", cfg.grad_clip, "null or a float > 0")
+
+
+def validate_trainer(cfg: TrainerConfig, prefix: str = "trainer.") -> None:
+    _check(cfg.max_steps >= 1, prefix + "max_steps", cfg.max_steps, "an integer >= 1")
+    _check(cfg.accelerator in ACCELERATORS, prefix + "accelerator", cfg.accelerator, f"one of {list(ACCELERATORS)}")
+    _check(cfg.devices >= 1, prefix + "devices", cfg.devices, "an integer >= 1 (devices per node)")
+    _check(cfg.num_nodes >= 1, prefix + "num_nodes", cfg.num_nodes, "an integer >= 1")
+    _check(cfg.strategy in STRATEGIES, prefix + "strategy", cfg.strategy, f"one of {list(STRATEGIES)}")
+    _check(cfg.precision is None or cfg.precision in PRECISIONS, prefix + "precision", cfg.precision,
+           f"null (auto) or one of {list(PRECISIONS)}")
+    _check(cfg.accumulate_grad_batches is None or cfg.accumulate_grad_batches >= 1,
+           prefix + "accumulate_grad_batches", cfg.accumulate_grad_batches, "null or an integer >= 1")
+    _check(cfg.log_every_n_steps >= 1, prefix + "log_every_n_steps", cfg.log_every_n_steps, "an integer >= 1")
+    _check(cfg.eval_every is None or cfg.eval_every >= 1, prefix + "eval_every", cfg.eval_every,
+           "null (final evaluation only) or an integer >= 1")
+    _check(cfg.checkpoint_every >= 1, prefix + "checkpoint_every", cfg.checkpoint_every, "an integer >= 1")
+    _check(cfg.cpu_threads is None or cfg.cpu_threads >= 1, prefix + "cpu_threads", cfg.cpu_threads,
+           "null (torch's default) or an integer >= 1")
+
+
+def validate_eval(cfg: EvalConfig, prefix: str = "eval.") -> None:
+    _check(cfg.n >= 1, prefix + "n", cfg.n, "an integer >= 1 (problems per bucket)")
+    _check(cfg.batch_size >= 1, prefix + "batch_size", cfg.batch_size, "an integer >= 1")
+    _check(cfg.max_new_tokens >= 1, prefix + "max_new_tokens", cfg.max_new_tokens, "an integer >= 1")
+    _check(cfg.examples >= 0, prefix + "examples", cfg.examples, "an integer >= 0")
+    _check(cfg.seed >= 0, prefix + "seed", cfg.seed, "an integer >= 0")
+    _check(cfg.buckets is not None and len(cfg.buckets) >= 1, prefix + "buckets", cfg.buckets,
+           f"a non-empty list (null = the data preset's, known for {sorted(EVAL_BUCKETS)})")
+    labels = [parse_bucket(b, prefix + "buckets").label for b in cfg.buckets]
+    _check(len(set(labels)) == len(labels), prefix + "buckets", cfg.buckets, "no bucket twice")
+
+
+LENGTH_SAMPLE = 256  # training problems sampled to check data.context against problem lengths
+MAX_DROPPED = 0.05  # at most this share of training problems may be longer than the window
+
+
+def check_data_lengths(cfg: DataConfig, prefix: str = "data.") -> None:
+    """Reject a packing window that would drop more than 5% of the training problems.
+
+    The paper's own windows are shorter than the longest problems (med: 768 vs 869 GPT-2 tokens),
+    so "context >= longest problem" would be wrong; what matters is how many problems are lost.
+    Samples LENGTH_SAMPLE problems with a fixed seed (~0.3 s).
+    """
+    from igsm.generator import GenerationError, generate_problem, problem_rng
+
+    gen = generator_config(cfg)
+    tokenizer = build_data_tokenizer(cfg)
+    lengths = []
+    for i in range(LENGTH_SAMPLE):
+        try:
+            p = generate_problem(gen, problem_rng(0, "length-check", i))
+        except GenerationError as e:
+            raise ConfigError(f"{prefix}preset={cfg.preset!r} with these data.* settings cannot generate "
+                              f"training problems: {e}") from None
+        lengths.append(len(tokenizer.encode_example(p.problem_text, p.solution, p.answer)))
+    lengths.sort()
+    dropped = sum(n > cfg.context for n in lengths) / len(lengths)
+    needed = lengths[int(len(lengths) * (1 - MAX_DROPPED)) - 1]
+    _check(dropped <= MAX_DROPPED, prefix + "context", cfg.context,
+           f"an integer >= {needed}: {dropped:.0%} of sampled training problems are longer "
+           f"(longest {lengths[-1]} {cfg.tokenizer} tokens) and would be dropped")
+
+
+def check_buckets_generate(data: DataConfig, ev: EvalConfig, key: str = "eval.buckets") -> None:
+    """Generate one problem per forced-op bucket, so an impossible op fails now, not mid-run."""
+    from igsm.generator import GenerationError, generate_problem, problem_rng
+
+    for spec in ev.buckets:
+        b = parse_bucket(spec, key)
+        if b.up_to:
+            continue  # ops without templates in the split are skipped when the set is drawn
+        try:
+            generate_problem(bucket_generator_config(data, b), problem_rng(0, "bucket-check", spec))
+        except GenerationError as e:
+            raise ConfigError(f"{key}: {spec!r} is not allowed with data.preset={data.preset!r}: {e}") from None
+
+
+def generator_config(cfg: DataConfig) -> GeneratorConfig:
+    """The GeneratorConfig part of a DataConfig (the training stream's generator)."""
+    return GeneratorConfig(**{f.name: getattr(cfg, f.name) for f in fields(GeneratorConfig)})
+
+
+def build_data_tokenizer(cfg: DataConfig):
+    """The tokenizer of a data config. The word tokenizer's vocabulary is built from the world
+    subset the config draws names from, so small worlds give small embedding tables."""
+    from igsm.generator import world_for
+    from igsm.tokenizer import build_tokenizer
+
+    world = world_for(generator_config(cfg)) if cfg.tokenizer == "word" else None
+    return build_tokenizer(cfg.tokenizer, world=world)
+
+
+def bucket_generator_config(cfg: DataConfig, bucket: BucketSpec) -> GeneratorConfig:
+    """The generator of one evaluation bucket: the training data's world and sizes, the bucket's
+    op rule and split. For "<=N" the op is drawn by the caller (see igsm.data)."""
+    base = generator_config(cfg)
+    if bucket.up_to:
+        return replace(base, max_op=bucket.op, op=None, reask=False, split=bucket.split)
+    return replace(base, op=bucket.op, reask=bucket.reask, split=bucket.split)
+
+
+__all__ += [
+    "EVAL_BUCKETS", "DataConfig", "OptimConfig", "TrainerConfig", "EvalConfig", "TrainConfig",
+    "BucketSpec", "parse_bucket", "accumulation", "validate_train", "validate_data", "validate_optim",
+    "validate_trainer", "validate_eval", "generator_config", "bucket_generator_config", "build_data_tokenizer",
+]
+
+
+# =============================================================================================
+# Probing configs (probe.py, spec 11-12). The dataclass defaults are the paper's probe recipe
+# (AdamW lr 0.002, no warm-up, linear decay to 0, weight decay 0.01, batch 256, 100k steps);
+# configs/probe_tiny.yaml is the default CPU run, probe_med.yaml / probe_hard.yaml the paper's.
+# =============================================================================================
+
+PROBE_TASKS = ("nece", "dep", "known", "value", "can_next", "nece_next")  # = probing.labels.TASKS
+PROBE_LAYERS = ("last", "all")
+PROBE_CONTROLS = ("none", "random_init", "both")
+
+
+@dataclass
+class ProbeOptions:
+    """The V-probe: tasks, heads, controls, and its optimiser (linear decay to 0 over max_steps)."""
+
+    tasks: list[str] = field(default_factory=lambda: list(PROBE_TASKS))
+    layers: str = "last"  # "last": one head on the last layer; "all": one head per layer too
+    control: str = "both"  # "none": trained backbone only; "random_init": the control only; "both"
+    rank: int = 8  # rank of the embedding update U V
+    batch_size: int = 256  # (position, A[, B]) pairs per task per step per device (hard: 128)
+    draws: int = 10  # (position, A[, B]) draws per problem per task (repeats dropped)
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    betas: tuple[float, float] = (0.9, 0.999)
+    v_init_std: float = 0.02  # V ~ N(0, std); U starts at zero so the probe starts as the frozen model
+    train_problems: int = 0  # training problems per task; 0 = as many as max_steps consume (none twice)
+    test_problems: int = 512  # test problems per task (about 9.5 distinct pairs each: >= 4,096 pairs)
+    num_workers: int = 4  # DataLoader workers per task loader
+    checkpoint_activations: bool = True  # recompute backbone passes in the backward (GPU memory)
+    length_chunks: int = 1  # run each batch as this many length-sorted chunks (less padding; CPU)
+    analysis: bool = False  # run the error analysis (spec 12) after probing
+
+
+@dataclass
+class AnalysisConfig:
+    """Error analysis (spec 12): greedy generations graded by the verifier vs probe predictions."""
+
+    n: int = 1024  # problems per analysed set (reask set and in-distribution test set)
+    reask_op: Optional[int] = None  # op of the reask problems; None = the training data's max_op
+    batch_size: int = 256  # prompts decoded together
+    max_new_tokens: int = 1024
+
+
+@dataclass
+class ProbeConfig:
+    """Everything ``python probe.py`` reads (design 3.3). ``preset`` picks ``configs/<preset>.yaml``."""
+
+    name: Optional[str] = None  # run name: logs/<name>/version_N; None = "<checkpoint's run name>_probe"
+    preset: str = "probe_tiny"
+    config: Optional[str] = None  # a YAML file applied after the preset, before the command line
+    print_config: bool = False
+    ckpt: Optional[str] = None  # a train.py checkpoint; None = the newest last.ckpt under log_root
+    seed: int = 0  # probe data, random-init control and probe initialisation
+    log_root: str = "logs"
+    probe: ProbeOptions = field(default_factory=ProbeOptions)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def validate(self) -> None:
+        validate_probe(self)
+
+
+def validate_probe(cfg: ProbeConfig) -> None:
+    """Every group of a ProbeConfig; raises ConfigError naming the first bad key."""
+    _check(cfg.name is None or (bool(cfg.name) and not any(c.isspace() for c in cfg.name)
+                                and all(part not in ("", ".", "..") for part in cfg.name.split("/"))),
+           "name", cfg.name, "null or a non-empty run name without spaces")
+    _check(cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
+    p = cfg.probe
+    _check(len(p.tasks) >= 1 and all(t in PROBE_TASKS for t in p.tasks) and len(set(p.tasks)) == len(p.tasks),
+           "probe.tasks", p.tasks, f"a non-empty list of distinct tasks from {list(PROBE_TASKS)}")
+    _check(p.layers in PROBE_LAYERS, "probe.layers", p.layers, f"one of {list(PROBE_LAYERS)}")
+    _check(p.control in PROBE_CONTROLS, "probe.control", p.control, f"one of {list(PROBE_CONTROLS)}")
+    _check(p.rank >= 1, "probe.rank", p.rank, "an integer >= 1")
+    _check(p.batch_size >= 1, "probe.batch_size", p.batch_size, "an integer >= 1")
+    _check(p.draws >= 1, "probe.draws", p.draws, "an integer >= 1")
+    _check(p.lr > 0, "probe.lr", p.lr, "a float > 0")
+    _check(p.weight_decay >= 0, "probe.weight_decay", p.weight_decay, "a float >= 0")
+    _check(p.warmup_steps >= 0, "probe.warmup_steps", p.warmup_steps, "an integer >= 0")
+    _check(len(p.betas) == 2 and all(0 <= b < 1 for b in p.betas), "probe.betas", list(p.betas), "two floats in [0, 1)")
+    _check(p.v_init_std > 0, "probe.v_init_std", p.v_init_std, "a float > 0")
+    _check(p.train_problems >= 0, "probe.train_problems", p.train_problems, "an integer >= 0 (0 = from max_steps)")
+    _check(p.test_problems >= 1, "probe.test_problems", p.test_problems, "an integer >= 1")
+    _check(p.num_workers >= 0, "probe.num_workers", p.num_workers, "an integer >= 0")
+    _check(p.length_chunks >= 1, "probe.length_chunks", p.length_chunks, "an integer >= 1")
+    a = cfg.analysis
+    _check(a.n >= 1, "analysis.n", a.n, "an integer >= 1")
+    _check(a.reask_op is None or 1 <= a.reask_op <= MAX_OP, "analysis.reask_op", a.reask_op,
+           f"null or an integer in 1..{MAX_OP}")
+    _check(a.batch_size >= 1, "analysis.batch_size", a.batch_size, "an integer >= 1")
+    _check(a.max_new_tokens >= 1, "analysis.max_new_tokens", a.max_new_tokens, "an integer >= 1")
+    validate_trainer(cfg.trainer, "trainer.")
+    _check(not (cfg.trainer.precision in ("16-mixed", "16-true") and cfg.trainer.accelerator == "cpu"),
+           "trainer.precision", cfg.trainer.precision, "'32-true', 'bf16-mixed' or null on CPU")
+
+
+__all__ += ["PROBE_TASKS", "PROBE_LAYERS", "PROBE_CONTROLS", "ProbeOptions", "AnalysisConfig", "ProbeConfig",
+            "validate_probe"]

@@ -1,0 +1,309 @@
+"""GPTLitModule: the LightningModule around :class:`igsm.model.GPT` (loss, optimizer, schedule,
+logging, evaluation). The network itself is a plain ``nn.Module``; this file stays thin.
+
+Training: next-token cross-entropy on packed windows (targets -100 carry no loss), AdamW
+β = (0.9, 0.98) with weight decay on matmul weights only, linear warm-up then cosine decay to
+``min_lr_ratio`` × peak, stepped every optimizer step. Logged: ``train/loss``, ``train/grad_norm``,
+``train/lr/*`` (LearningRateMonitor), ``train/tokens_per_s`` (all ranks together) and
+``train/mfu`` (per device, against the bf16 dense peak of H100/H200/A100; absent on CPU).
+
+Evaluation (validation loop): each rank greedy-decodes its share of the fixed evaluation sets
+(:class:`igsm.data.EvalSet`), grades every generation with the full-solution verifier, and adds
+counts to one :class:`EvalScores` metric per bucket; the counts are summed across ranks when
+computed. Logged per bucket (``<bucket>`` is a label such as ``op<=15``, ``op=20``,
+``reask_op=20``, ``train_op<=2``): ``eval/<bucket>/accuracy``, ``eval/<bucket>/answer_accuracy``,
+``eval/<bucket>/unnecessary_per_correct``, plus a few decoded examples as TensorBoard text.
+Rank 0 writes ``eval.json`` into the run folder, a list with one entry per bucket::
+
+    {"bucket": "op=20", "split": "test", "op": 20, "reask": false, "n": 4096,
+     "accuracy": 0.91, "answer_accuracy": 0.93, "unnecessary_params_per_correct": 0.01, "step": 100000}
+
+``split`` is the template split the problems come from ("test" unless the bucket says
+``:train``/``:any``); ``op`` is the forced op (an int) or ``"<=N"`` for a bucket drawn from the
+training distribution with max_op = N; for reask buckets ``op`` is the op before re-asking.
+``unnecessary_params_per_correct`` is null when no solution was correct.
+
+The checkpoint's hyper-parameters hold the resolved config and the tokenizer, so
+``GPTLitModule.load_from_checkpoint(path)`` rebuilds model, tokenizer and evaluation sets.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import deque
+from functools import partial
+from typing import Any, Optional
+
+import lightning as L
+import torch
+import torch.nn as nn
+from torchmetrics import Metric
+
+from igsm.cli_config import config_from_dict
+from igsm.config import BucketSpec, TrainConfig, parse_bucket
+from igsm.data import EvalBatch
+from igsm.decode import greedy_decode
+from igsm.model import GPT, GPTOutput
+from igsm.tokenizer import Tokenizer, tokenizer_from_dict
+
+# Dense bf16 tensor-core peak per GPU (no sparsity), matched against torch.cuda.get_device_name;
+# the first key found in the name wins (so "H100 PCIe" before "H100").
+PEAK_BF16_FLOPS = (
+    ("H200", 989e12),  # also GH200
+    ("H100 NVL", 835e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+)
+
+
+def peak_flops(device: torch.device) -> Optional[float]:
+    """The bf16 dense peak of a CUDA device from PEAK_BF16_FLOPS; None on CPU or unknown GPUs."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_BF16_FLOPS if key in name), None)
+
+
+def lr_multiplier(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
+    """Factor on the peak lr after ``step`` optimizer steps: linear warm-up over ``warmup`` steps,
+    then a half cosine from 1 to ``min_ratio`` at ``total`` steps (flat after)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay for matmul weights; none for biases, LayerNorm and embeddings (the
+    tied output head is the embedding matrix, so it is not decayed either)."""
+    no_decay_ids = {
+        id(p) for m in model.modules() if isinstance(m, (nn.Embedding, nn.LayerNorm)) for p in m.parameters(False)
+    }
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():  # shared (tied) parameters appear once
+        if not p.requires_grad:
+            continue
+        (no_decay if id(p) in no_decay_ids or name.endswith("bias") else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+    ]
+
+
+class EvalScores(Metric):
+    """Counts of one evaluation bucket, summed over batches and ranks."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("n", "correct", "answer_correct", "unnecessary"):
+            self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, n: int, correct: int, answer_correct: int, unnecessary: int) -> None:
+        """``unnecessary``: unnecessary parameters summed over the correct solutions."""
+        self.n += n
+        self.correct += correct
+        self.answer_correct += answer_correct
+        self.unnecessary += unnecessary
+
+    def compute(self) -> dict[str, int]:
+        return {k: int(getattr(self, k)) for k in ("n", "correct", "answer_correct", "unnecessary")}
+
+
+def bucket_entry(spec: BucketSpec, counts: dict[str, int], step: int) -> dict:
+    """One eval.json entry (format in the module docstring)."""
+    n, correct = counts["n"], counts["correct"]
+    return {
+        "bucket": spec.label,
+        "split": spec.split,
+        "op": f"<={spec.op}" if spec.up_to else spec.op,
+        "reask": spec.reask,
+        "n": n,
+        "accuracy": correct / n if n else None,
+        "answer_accuracy": counts["answer_correct"] / n if n else None,
+        "unnecessary_params_per_correct": counts["unnecessary"] / correct if correct else None,
+        "step": step,
+    }
+
+
+class GPTLitModule(L.LightningModule):
+    """Training and evaluation of one GPT. ``config``: a resolved TrainConfig as a dict;
+    ``tokenizer``: ``Tokenizer.to_dict()``. Both are saved in the checkpoint."""
+
+    def __init__(self, config: dict, tokenizer: dict) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)  # config.yaml in the run folder is the readable copy
+        self.cfg: TrainConfig = config_from_dict(TrainConfig, config)
+        self.tokenizer: Tokenizer = tokenizer_from_dict(tokenizer)
+        self.model = GPT(self.cfg.model, self.tokenizer.vocab_size)
+        self.buckets = [parse_bucket(b) for b in self.cfg.eval.buckets]
+        self.eval_scores = nn.ModuleList(EvalScores() for _ in self.buckets)  # states never enter checkpoints
+        self.last_eval: list[dict] = []  # eval.json entries of the latest evaluation
+        self.last_eval_step: Optional[int] = None
+        self._compiled_forward = None  # built on first use, in the process that trains
+        self._batch_times: deque = deque()
+        self._peak_flops: Optional[float] = None  # set on_fit_start, with _flops_per_token
+        self._flops_per_token = 0
+        self._examples_logged: set[int] = set()
+
+    # -- forward and loss ------------------------------------------------------------------------
+
+    @property
+    def train_forward(self):
+        """``model.forward``, compiled when ``model.compile`` is on. The compiled callable wraps the
+        bound method and is kept out of the module tree, so checkpoint keys stay ``model.*``."""
+        if not self.cfg.model.compile:
+            return self.model.forward
+        if self._compiled_forward is None:
+            self._compiled_forward = torch.compile(self.model.forward)
+        return self._compiled_forward
+
+    def __getstate__(self) -> dict:  # ddp_spawn pickles the module: compiled callables do not travel
+        state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
+        state["_compiled_forward"] = None
+        return state
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out: GPTOutput = self.train_forward(batch["inputs"], batch["targets"])  # inputs, targets [B, T]
+        self.log("train/loss", out.loss, prog_bar=True)
+        return out.loss
+
+    # -- optimizer, schedule, clipping -----------------------------------------------------------
+
+    def configure_optimizers(self) -> dict:
+        o = self.cfg.optim
+        optimizer = torch.optim.AdamW(
+            param_groups(self.model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+            fused=True if self.device.type == "cuda" else None,
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
+            lr_multiplier, warmup=o.warmup_steps, total=self.cfg.trainer.max_steps, min_ratio=o.min_lr_ratio))
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1, "name": "train/lr"}}
+
+    def on_train_start(self) -> None:
+        """Put the learning rate on the schedule of the current config. Needed on resume: the
+        optimizer state restores the lr of the step it was saved at, computed with the old run's
+        trainer.max_steps / optim.lr; resuming with other values (extending a run) would otherwise
+        spend one step at the old value. Without changes this is a no-op."""
+        o = self.cfg.optim
+        schedule = self.lr_schedulers()
+        factor = lr_multiplier(schedule.last_epoch, warmup=o.warmup_steps, total=self.cfg.trainer.max_steps,
+                               min_ratio=o.min_lr_ratio)
+        schedule.base_lrs = [o.lr] * len(schedule.base_lrs)
+        for group in schedule.optimizer.param_groups:
+            group["initial_lr"] = o.lr
+            group["lr"] = o.lr * factor
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip the global gradient norm to ``optim.grad_clip`` and log the norm before clipping.
+        Lightning calls this after unscaling and after DDP's gradient all-reduce."""
+        max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip is not None else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        self.log("train/grad_norm", norm)
+
+    # -- throughput ------------------------------------------------------------------------------
+
+    def on_fit_start(self) -> None:
+        self._peak_flops = peak_flops(self.device)
+        self._flops_per_token = self.model.flops_per_token(self.cfg.data.context)
+
+    def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
+        """Tokens/s over the last log_every_n_steps optimizer steps (a window, so one slow step,
+        e.g. the first compiled one, does not dominate), and the MFU that follows."""
+        now = time.perf_counter()
+        window = self.trainer.log_every_n_steps * self.trainer.accumulate_grad_batches
+        self._batch_times.append((now, batch["inputs"].numel()))
+        while len(self._batch_times) > window + 1:
+            self._batch_times.popleft()
+        if len(self._batch_times) < 2:
+            return
+        elapsed = now - self._batch_times[0][0]
+        tokens_per_device = sum(n for _, n in list(self._batch_times)[1:]) / elapsed
+        self.log("train/tokens_per_s", tokens_per_device * self.trainer.world_size)
+        if self._peak_flops:
+            self.log("train/mfu", tokens_per_device * self._flops_per_token / self._peak_flops)
+
+    def on_validation_end(self) -> None:
+        self._batch_times.clear()  # the evaluation's wall time is not training time
+
+    # -- evaluation ------------------------------------------------------------------------------
+
+    def decode(self, prompts: list[list[int]]) -> list[list[int]]:
+        """Greedy continuations of the prompts, each within the model's block_size."""
+        budget = min(self.cfg.eval.max_new_tokens, self.cfg.model.block_size - max(map(len, prompts)) + 1)
+        if budget < 1:
+            return [[] for _ in prompts]
+        t = self.tokenizer
+        return greedy_decode(self.model, prompts, max_new_tokens=budget, stop_ids=[t.eos_id], pad_id=t.pad_id,
+                             batch_size=len(prompts))
+
+    def on_validation_epoch_start(self) -> None:
+        self._examples_logged = set()
+
+    def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
+        from igsm.verify import verify_solution
+
+        generations = self.decode(batch.prompts)
+        correct = answer_correct = unnecessary = 0
+        examples = []
+        for problem, generated in zip(batch.problems, generations):
+            solution, answer = self.tokenizer.parse_generation(generated)
+            report = verify_solution(problem, solution, answer)
+            correct += report.correct
+            answer_correct += report.answer_correct
+            unnecessary += len(report.unnecessary_params) if report.correct else 0
+            examples.append((problem, solution, answer, report))
+        self.eval_scores[batch.bucket].update(len(batch), correct, answer_correct, unnecessary)
+        self._log_examples(batch.bucket, examples)
+
+    def on_validation_epoch_end(self) -> None:
+        step = self.global_step
+        entries = []
+        for spec, scores in zip(self.buckets, self.eval_scores):
+            counts = scores.compute()  # summed over ranks
+            scores.reset()
+            entry = bucket_entry(spec, counts, step)
+            entries.append(entry)
+            for key, name in (("accuracy", "accuracy"), ("answer_accuracy", "answer_accuracy"),
+                              ("unnecessary_params_per_correct", "unnecessary_per_correct")):
+                if entry[key] is not None:  # already identical on every rank: max keeps it exact
+                    self.log(f"eval/{spec.label}/{name}", float(entry[key]), sync_dist=True, reduce_fx="max")
+        self.last_eval, self.last_eval_step = entries, step
+        run_dir = self.trainer.log_dir  # a broadcast from rank 0: every rank must ask
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            write_json_atomic(os.path.join(run_dir or ".", "eval.json"), entries)
+
+    def _log_examples(self, bucket: int, examples: list) -> None:
+        """The first ``eval.examples`` generations of a bucket as TensorBoard text (rank 0)."""
+        experiment = getattr(self.logger, "experiment", None)
+        if (bucket in self._examples_logged or not self.trainer.is_global_zero
+                or not hasattr(experiment, "add_text") or self.cfg.eval.examples == 0):
+            return
+        self._examples_logged.add(bucket)
+        parts = []
+        for problem, solution, answer, report in examples[: self.cfg.eval.examples]:
+            verdict = "correct" if report.correct else f"wrong ({report.error}: {report.message})"
+            parts.append(f"**problem** (op {problem.op}):\n\n    {problem.problem_text}\n\n"
+                         f"**generated**:\n\n    {solution}\n\n**answer** {answer} (expected {problem.answer}): "
+                         f"{verdict}")
+        experiment.add_text(f"eval/{self.buckets[bucket].label}/examples", "\n\n---\n\n".join(parts), self.global_step)
+
+
+def write_json_atomic(path: str, data: Any) -> None:
+    """Write JSON so that a reader never sees a half-written file (temp file + rename)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+__all__ = ["GPTLitModule", "EvalScores", "lr_multiplier", "param_groups", "peak_flops", "PEAK_BF16_FLOPS",
+           "write_json_atomic"]

@@ -1,0 +1,209 @@
+"""One Trainer factory for train.py and probe.py: the same run folders, checkpoints and logging.
+
+Run folder: ``<log_root>/<name>/version_<N>/`` (TensorBoardLogger) holding the TensorBoard
+events, ``config.yaml`` (the resolved config, with library versions and the git commit as
+comments at the top; loadable again with ``config=...``), ``run_info.json`` (the same facts for
+scripts), ``checkpoints/`` and whatever the module writes there (``eval.json``).
+
+Checkpoints: ``checkpoints/step_<step>.ckpt`` every ``checkpoint_every`` optimizer steps, all kept,
+and ``checkpoints/last.ckpt`` refreshed with each of them and once more when training ends.
+Writes are atomic. Lightning's own save (``_atomic_save``) writes through an fsspec transaction,
+which for local files writes a temp file in the system temp dir and then ``shutil.move``s it:
+atomic only when that temp dir is on the same filesystem as the logs (on clusters it rarely is,
+and a full copy of the checkpoint lands in /tmp). :class:`AtomicCheckpointIO` instead writes
+``.<name>.tmp`` next to the target, fsyncs it and ``os.replace``s it over the target, so a
+killed run leaves either the old or the new ``last.ckpt``, never a truncated one.
+
+SLURM: Lightning detects it (SLURMEnvironment: ranks, world size, master address) and, on the
+``--signal=SIGUSR1@<seconds>`` warning before a time limit, saves ``hpc_ckpt_<k>.ckpt`` into the
+Trainer's ``default_root_dir`` -- here the run folder -- and requeues the job
+(scripts/slurm_example.sh).
+
+Resume: pass ``version=N`` to write into the existing folder (train.py's ``ckpt_path=last``).
+Rank 0 writes every file; other ranks' loggers are no-ops and the checkpoint folder is broadcast
+from rank 0 by Lightning, so ranks started by SLURM or by Lightning agree on the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from igsm.config import TrainerConfig
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save to a temp file in the target's folder, fsync, then rename over the target."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options: Optional[Any] = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that also refreshes last.ckpt when training ends between two periodic saves
+    (Lightning's only does so if no last.ckpt was written in this run), so resuming or probing
+    from last.ckpt always starts from the final weights."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self.save_last and getattr(self, "_last_global_step_saved", None) != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class RunInfoWriter(Callback):
+    """Writes config.yaml and run_info.json into the run folder on rank 0 when a stage starts."""
+
+    def __init__(self, config_yaml: str, extra_info: Optional[dict] = None) -> None:
+        self.config_yaml = config_yaml
+        self.extra_info = extra_info or {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        run_dir = Path(trainer.log_dir)  # a broadcast from rank 0: every rank must ask
+        if not trainer.is_global_zero:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        info = {**run_info(), "precision": str(trainer.precision), "world_size": trainer.world_size,
+                **self.extra_info}
+        header = "".join(f"# {k}: {v}\n" for k, v in info.items())
+        _write_atomic(run_dir / "config.yaml", header + self.config_yaml)
+        _write_atomic(run_dir / "run_info.json", json.dumps(info, indent=2) + "\n")
+
+
+def build_trainer(
+    cfg: TrainerConfig,
+    name: str,
+    *,
+    log_root: str = "logs",
+    version: Optional[int] = None,
+    accumulate_grad_batches: int = 1,
+    config_yaml: Optional[str] = None,
+    extra_info: Optional[dict] = None,
+    extra_callbacks: Iterable[Callback] = (),
+    **trainer_kwargs: Any,
+) -> L.Trainer:
+    """The Lightning Trainer of a run.
+
+    ``version``: None = a new ``version_N`` folder, an int = reuse that folder (resume).
+    ``config_yaml``: the resolved config, written to ``config.yaml`` by rank 0.
+    ``trainer_kwargs`` go to ``L.Trainer`` last (probe.py sets e.g. ``max_epochs`` there).
+    """
+    logger = TensorBoardLogger(save_dir=log_root, name=name, version=version, default_hp_metric=False)
+    if version is not None:  # resuming into the run's own folder: its checkpoints are expected there
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    callbacks: list[Callback] = [
+        RunCheckpoint(filename="step_{step:07d}", auto_insert_metric_name=False,
+                      every_n_train_steps=cfg.checkpoint_every, save_top_k=-1, save_last=True),
+        LearningRateMonitor(logging_interval="step"),
+    ]
+    if cfg.enable_progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, min(cfg.log_every_n_steps, 20))))
+    if config_yaml is not None:
+        callbacks.append(RunInfoWriter(config_yaml, extra_info))
+    callbacks.extend(extra_callbacks)
+
+    # Evaluation runs every eval_every optimizer steps; Lightning counts batches. None: no
+    # periodic evaluation (an interval past the end of training), train.py evaluates at the end.
+    eval_every = cfg.eval_every if cfg.eval_every is not None else cfg.max_steps + 1
+    kwargs = dict(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=resolve_precision(cfg),
+        max_steps=cfg.max_steps,
+        accumulate_grad_batches=accumulate_grad_batches,
+        log_every_n_steps=cfg.log_every_n_steps,
+        val_check_interval=eval_every * accumulate_grad_batches,
+        check_val_every_n_epoch=None,  # the training stream is endless: count batches, not epochs
+        num_sanity_val_steps=0,  # a sanity "evaluation" would decode before training; pointless here
+        use_distributed_sampler=False,  # igsm.data shards both the training stream and the eval sets
+        enable_progress_bar=cfg.enable_progress_bar,
+        logger=logger,
+        # The run folder, not the working directory: Lightning's SLURM auto-requeue saves
+        # hpc_ckpt_<k>.ckpt here (train.py's ckpt_path=last finds it), and a stale hpc_ckpt in
+        # the working directory can never hijack a new run (Lightning resumes from one silently).
+        default_root_dir=logger.log_dir,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+    )
+    kwargs.update(trainer_kwargs)
+    return L.Trainer(**kwargs)
+
+
+def resolve_precision(cfg: TrainerConfig) -> str:
+    """``trainer.precision``, or when null: bf16-mixed on a GPU, 32-true on CPU."""
+    if cfg.precision is not None:
+        return cfg.precision
+    wants_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if wants_gpu else "32-true"
+
+
+def run_info() -> dict:
+    """Library versions and the git commit of the code (read from .git, no git process)."""
+    import lightning
+    import omegaconf
+    import torchmetrics
+
+    return {
+        "igsm_commit": git_commit(Path(__file__).resolve().parent.parent),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "torchmetrics": torchmetrics.__version__,
+        "omegaconf": omegaconf.__version__,
+        "cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+    }
+
+
+def git_commit(repo: Path) -> Optional[str]:
+    """The commit HEAD points to, read from the .git folder; None outside a git checkout."""
+    try:
+        git = repo / ".git"
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head
+        ref = head[5:]
+        if (git / ref).is_file():
+            return (git / ref).read_text().strip()
+        for line in (git / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0]
+    except OSError:
+        pass
+    return None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+__all__ = ["build_trainer", "resolve_precision", "AtomicCheckpointIO", "RunCheckpoint", "RunInfoWriter",
+           "run_info", "git_commit"]

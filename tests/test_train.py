@@ -1,0 +1,301 @@
+"""Training side: schedule, optimizer groups, compile, train.py end to end, resume, DDP, eval metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+import train
+from igsm.cli_config import config_to_dict, load_config
+from igsm.config import TrainConfig
+from igsm.data import IGSMDataModule
+from igsm.lit import GPTLitModule, lr_multiplier, param_groups
+from igsm.trainer import AtomicCheckpointIO
+
+# A 2-layer, 32-dim model on tiny data: a step takes milliseconds.
+FAST = [
+    "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=256",
+    "data.context=256", "data.batch_size=4", "data.num_workers=0",
+    "eval.n=4", "eval.batch_size=4", "eval.max_new_tokens=8", "eval.buckets=[2,3]",
+    "trainer.accelerator=cpu", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
+]
+EVAL_FIELDS = {"split", "op", "n", "accuracy", "answer_accuracy", "unnecessary_params_per_correct"}
+
+
+@pytest.fixture
+def one_thread_env(subprocess_env) -> dict:
+    """Child processes with one intra-op thread, like this one (conftest): on a busy 2-core machine
+    two spinning OpenMP threads per process make tiny models several times slower."""
+    return dict(subprocess_env, OMP_NUM_THREADS="1")
+
+
+class LossRecorder(Callback):
+    """The training loss of every batch, in order."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(outputs["loss"].item())
+
+
+def oracle_decode(cfg: TrainConfig, real_decode, first_k: int = 4):
+    """A GPTLitModule.decode that answers problems with index < first_k by their true solution
+    (the rest by the model), so accuracies are known and not trivially zero."""
+    dm = IGSMDataModule(cfg.data, cfg.eval, seed=cfg.seed)
+    ds, tok, answers = dm.eval_dataset(), dm.tokenizer, {}
+    for k in range(len(ds)):
+        batch = ds[k]
+        for i, p, prompt in zip(batch.indices, batch.problems, batch.prompts):
+            if i < first_k:
+                answers[tuple(prompt)] = tok.encode_example(p.problem_text, p.solution, p.answer)[len(prompt) - 1:]
+
+    def decode(self, prompts):
+        return [answers.get(tuple(p), g) for p, g in zip(prompts, real_decode(self, prompts))]
+    return decode
+
+
+# -- pieces ------------------------------------------------------------------------------------
+
+def test_lr_schedule_warms_up_then_decays_to_min_ratio() -> None:
+    f = lambda s: lr_multiplier(s, warmup=10, total=110, min_ratio=0.01)  # noqa: E731
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.505)
+    assert f(110) == pytest.approx(0.01) and f(500) == pytest.approx(0.01)
+    assert all(f(s) >= f(s + 1) for s in range(10, 120))
+
+
+def test_no_weight_decay_for_biases_layernorm_embeddings() -> None:
+    cfg = load_config(TrainConfig, FAST)
+    module = GPTLitModule(config_to_dict(cfg), IGSMDataModule(cfg.data, cfg.eval, 0).tokenizer.to_dict())
+    decay, no_decay = param_groups(module.model, 0.1)
+    names = {id(p): n for n, p in module.model.named_parameters()}
+    assert all(p.ndim == 2 for p in decay["params"])
+    assert all(".ln_" in names[id(p)] or "ln_f" in names[id(p)] or names[id(p)].endswith("bias") or names[id(p)] == "wte.weight"
+               for p in no_decay["params"])
+    assert any(names[id(p)] == "wte.weight" for p in no_decay["params"])  # the tied embedding / output head
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    n_params = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
+    assert n_params == module.model.num_params()
+
+
+def test_compile_keeps_checkpoint_keys(monkeypatch) -> None:
+    # The eager backend runs torch.compile's wrapping (dynamo) without a C++ toolchain on CPU.
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend="eager"))
+    cfg_plain = load_config(TrainConfig, FAST)
+    tok = IGSMDataModule(cfg_plain.data, cfg_plain.eval, 0).tokenizer.to_dict()
+    plain = GPTLitModule(config_to_dict(cfg_plain), tok)
+    compiled = GPTLitModule(config_to_dict(load_config(TrainConfig, FAST + ["model.compile=true"])), tok)
+    batch = {"inputs": torch.randint(0, 50, (2, 16)), "targets": torch.randint(0, 50, (2, 16))}
+    compiled.train_forward(batch["inputs"], batch["targets"]).loss.backward()
+    assert compiled._compiled_forward is not None  # compiled, and used
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    assert all(k.startswith("model.") for k in plain.state_dict())
+
+
+def test_atomic_checkpoint_io_leaves_no_temp_files(tmp_path) -> None:
+    io = AtomicCheckpointIO()
+    path = tmp_path / "ckpts" / "last.ckpt"
+    io.save_checkpoint({"a": torch.ones(3)}, path)
+    io.save_checkpoint({"a": torch.zeros(3)}, path)  # replaces
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+    assert torch.equal(torch.load(path)["a"], torch.zeros(3))
+
+
+def test_ckpt_path_last_without_a_run_fails_before_anything_runs(tmp_path, capsys) -> None:
+    assert train.main(FAST + [f"log_root={tmp_path}", "ckpt_path=last"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "ckpt_path='last'" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_ckpt_path_last_picks_the_newest_checkpoint_of_the_newest_version(tmp_path) -> None:
+    def touch(path: Path, mtime: float) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        import os
+        os.utime(path, (mtime, mtime))
+
+    run = tmp_path / "r"
+    touch(run / "version_0" / "checkpoints" / "last.ckpt", 100)
+    touch(run / "version_2" / "checkpoints" / "last.ckpt", 200)
+    touch(run / "version_2" / "hpc_ckpt_1.ckpt", 300)  # SLURM's pre-emption save, newer
+    (run / "version_3").mkdir()  # a run that died before its first checkpoint
+    cfg = load_config(TrainConfig, FAST + [f"log_root={tmp_path}", "name=r", "ckpt_path=last"])
+    assert train.find_resume(cfg) == (str(run / "version_2" / "hpc_ckpt_1.ckpt"), 2)
+    cfg.ckpt_path = str(run / "version_0" / "checkpoints" / "last.ckpt")
+    assert train.find_resume(cfg) == (cfg.ckpt_path, 0)  # a file of this run: its own folder
+    cfg.name = "other"
+    assert train.find_resume(cfg) == (cfg.ckpt_path, None)  # another run's file: a new folder
+
+
+# -- train.py end to end -----------------------------------------------------------------------
+
+def test_train_py_end_to_end_writes_run_folder_and_eval_json(repo_root, one_thread_env, tmp_path) -> None:
+    args = [a for a in FAST if not a.startswith("eval.buckets")] + [
+        "trainer.max_steps=4", "trainer.checkpoint_every=3", "eval.n=2", "eval.batch_size=2", "name=smoke"]
+    r = subprocess.run([sys.executable, str(repo_root / "train.py"), *args], cwd=tmp_path, env=one_thread_env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "logs" / "smoke" / "version_0"
+    entries = json.loads((run / "eval.json").read_text())
+    cfg = load_config(TrainConfig, [])
+    assert [e["bucket"] for e in entries] == ["train_op<=2", "op<=4", "op=2", "op=3", "op=4", "op=5", "op=6", "reask_op=4"]
+    assert len(entries) == len(cfg.eval.buckets)
+    for e in entries:
+        assert EVAL_FIELDS <= set(e) and e["n"] == 2 and e["step"] == 4
+        assert 0 <= e["accuracy"] <= 1 and 0 <= e["answer_accuracy"] <= 1
+    assert entries[0]["op"] == "<=2" and entries[0]["split"] == "train" and entries[2]["op"] == 2
+    assert entries[-1]["reask"] is True and entries[-1]["op"] == 4
+    assert sum(line.startswith("eval ") for line in r.stdout.splitlines()) == len(entries)
+    # the run folder: resolved config (loadable again), run facts, checkpoints, TensorBoard events
+    assert load_config(TrainConfig, [f"config={run / 'config.yaml'}"]).trainer.max_steps == 4
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["torch"] == torch.__version__ and info["precision"] == "32-true"
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"step_0000003.ckpt", "last.ckpt"}
+    assert list(run.glob("events.out.tfevents.*"))
+    # the checkpoint alone rebuilds model, tokenizer and config (what probing needs)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 4 and {"config", "tokenizer"} <= set(ckpt["hyper_parameters"])
+    module = GPTLitModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert module.cfg.trainer.max_steps == 4 and module.tokenizer.vocab_size == module.model.vocab_size
+
+
+# -- resume ------------------------------------------------------------------------------------
+
+class StopAt(Callback):
+    """Ends training after a given optimizer step, as if the job had been killed there."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def test_resume_from_last_ckpt_continues_the_same_losses(tmp_path) -> None:
+    """2k steps in one run == k steps, stop, ckpt_path=last, k more: same data, optimizer, schedule."""
+    common = FAST + [f"log_root={tmp_path}", "eval.final=false", "optim.lr=1e-2", "optim.warmup_steps=2",
+                     "trainer.accumulate_grad_batches=2", "data.num_workers=1", "trainer.checkpoint_every=3",
+                     "trainer.max_steps=6"]
+    straight = LossRecorder()
+    assert train.main(common + ["name=straight"], extra_callbacks=[straight]) == 0
+    first, second = LossRecorder(), LossRecorder()
+    assert train.main(common + ["name=resumed"], extra_callbacks=[first, StopAt(3)]) == 0
+    assert train.main(common + ["name=resumed", "ckpt_path=last"], extra_callbacks=[second]) == 0
+    assert len(straight.losses) == 12 and len(first.losses) == len(second.losses) == 6
+    assert first.losses + second.losses == pytest.approx(straight.losses, abs=1e-6)
+    assert len(set(straight.losses)) > 6  # the losses do move: the comparison is not vacuous
+    runs = sorted(p.name for p in (tmp_path / "resumed").iterdir())
+    assert runs == ["version_0"]  # the resumed run wrote into the same version folder
+    ckpts = {p.name for p in (tmp_path / "resumed" / "version_0" / "checkpoints").iterdir()}
+    assert ckpts == {"step_0000003.ckpt", "step_0000006.ckpt", "last.ckpt"}
+
+
+def test_resume_with_more_steps_follows_the_new_schedule(tmp_path) -> None:
+    """Extending a finished run (trainer.max_steps 3 -> 6): the lr continues on the 6-step schedule."""
+    common = FAST + [f"log_root={tmp_path}", "eval.final=false", "optim.warmup_steps=1", "name=extend"]
+    assert train.main(common + ["trainer.max_steps=3"]) == 0
+
+    class LrAtStart(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self.lr = self.lr if hasattr(self, "lr") else trainer.optimizers[0].param_groups[0]["lr"]
+
+    probe = LrAtStart()
+    assert train.main(common + ["trainer.max_steps=6", "ckpt_path=last"], extra_callbacks=[probe]) == 0
+    cfg = load_config(TrainConfig, common)
+    expected = cfg.optim.lr * lr_multiplier(3, warmup=1, total=6, min_ratio=cfg.optim.min_lr_ratio)
+    assert probe.lr == pytest.approx(expected)
+
+
+# -- evaluation metrics ------------------------------------------------------------------------
+
+def test_eval_metrics_count_verified_solutions(tmp_path, monkeypatch) -> None:
+    cfg = load_config(TrainConfig, FAST + ["eval.n=6", "eval.batch_size=4"])
+    monkeypatch.setattr(GPTLitModule, "decode", oracle_decode(cfg, GPTLitModule.decode, first_k=3))
+    dm = IGSMDataModule(cfg.data, cfg.eval, seed=cfg.seed)
+    module = GPTLitModule(config_to_dict(cfg), dm.tokenizer.to_dict())
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.validate(module, datamodule=dm, verbose=False)
+    for e in module.last_eval:
+        assert e["n"] == 6
+        assert e["accuracy"] == pytest.approx(0.5)  # the 3 oracle answers; the untrained model's are wrong
+        assert e["answer_accuracy"] >= 0.5
+        assert e["unnecessary_params_per_correct"] == 0.0  # the generator's solutions need every parameter
+    assert json.loads((tmp_path / "eval.json").read_text()) == module.last_eval
+    assert trainer.callback_metrics["eval/op=2/accuracy"].item() == pytest.approx(0.5)
+
+
+# -- DDP ---------------------------------------------------------------------------------------
+
+DDP_SCRIPT = """
+import sys
+sys.path[:0] = [{here!r}, {repo!r}]
+import train
+from igsm.cli_config import load_config
+from igsm.config import TrainConfig
+from igsm.lit import GPTLitModule
+from test_train import BatchFingerprints, oracle_decode
+
+argv = sys.argv[1:]
+GPTLitModule.decode = oracle_decode(load_config(TrainConfig, argv), GPTLitModule.decode)
+sys.exit(train.main(argv, extra_callbacks=[BatchFingerprints({out!r})]))
+"""
+
+
+class BatchFingerprints(Callback):
+    """Writes (batch index, hash of the inputs) of every training batch to rank<r>.json."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir, self.seen = out_dir, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seen.append([int(batch["index"]), hashlib.sha1(batch["inputs"].numpy().tobytes()).hexdigest()])
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        Path(self.out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(self.seen))
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_shard_data_and_sync_metrics(repo_root, one_thread_env, tmp_path, monkeypatch) -> None:
+    script = tmp_path / "ddp_train.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT.format(here=str(Path(__file__).parent), repo=str(repo_root),
+                                                        out=str(tmp_path))))
+    # 3 buckets x 3 batches of 4 prompts: 9 batches, so rank 0 decodes 5 and rank 1 decodes 4
+    args = FAST + ["trainer.devices=2", "trainer.strategy=ddp", "trainer.max_steps=3", "trainer.checkpoint_every=3",
+                   "eval.n=12", "eval.batch_size=4", "eval.buckets=[2,3,4]", f"log_root={tmp_path / 'logs'}", "name=ddp"]
+    r = subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, env=one_thread_env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # each rank trained on its own batches 0, 1, 2; no batch was seen twice
+    ranks = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1)]
+    assert [i for i, _ in ranks[0]] == [i for i, _ in ranks[1]] == [0, 1, 2]
+    assert not {h for _, h in ranks[0]} & {h for _, h in ranks[1]}
+    # metrics were summed over the ranks: the oracle answers (index < 4) are one batch per bucket,
+    # held by rank 0 for buckets 2 and 4 and by rank 1 for bucket 3; unsynced, rank 0 would say
+    # 4/8, 0/4, 4/8
+    run = tmp_path / "logs" / "ddp" / "version_0"
+    ddp_entries = json.loads((run / "eval.json").read_text())
+    assert [e["n"] for e in ddp_entries] == [12, 12, 12]
+    assert [e["accuracy"] for e in ddp_entries] == pytest.approx([1 / 3] * 3)
+    # one process evaluating the same checkpoint gets the same numbers
+    cfg = load_config(TrainConfig, args)
+    monkeypatch.setattr(GPTLitModule, "decode", oracle_decode(cfg, GPTLitModule.decode))
+    module = GPTLitModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path / "single")
+    trainer.validate(module, datamodule=IGSMDataModule(cfg.data, cfg.eval, seed=cfg.seed), verbose=False)
+    strip = lambda entries: [{k: v for k, v in e.items() if k != "step"} for e in entries]  # noqa: E731
+    assert strip(module.last_eval) == strip(ddp_entries)
