@@ -8,10 +8,11 @@ import random
 import pytest
 
 from igsm import ABS, INST, Problem, generate_problem, generator_preset, load_world
+from igsm.generator import world_for
 from igsm.parse import ParseError, parse_problem, verify_text
 from igsm.verify import ERROR_KINDS, verify_solution_strict
 
-from test_verify import CONFIGS, _mutate, problems
+from test_verify import CONFIGS, _cfg, _mutate, problems
 
 
 def by_name(p: Problem) -> dict[str, int]:
@@ -52,7 +53,8 @@ def world():
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_own_problems_round_trip(name, world):
+def test_own_problems_round_trip(name):
+    world = world_for(_cfg(name))  # tiny draws from its own small world
     for p in problems(name, 100):
         q = parse_problem(p.problem_text, world)
         assert_same(p, q)
