@@ -43,10 +43,10 @@ GENERATOR_PRESETS: dict[str, GeneratorConfig] = {
     "med": GeneratorConfig(max_op=15, max_ip=20),
     "hard": GeneratorConfig(max_op=21, max_ip=28),
     # Small enough for a few minutes of CPU training: the shipped world of one-word names (one
-    # family), two layers, at most 4 edges and op <= 4, so problems are ~80 word tokens long and
+    # family), two layers, at most 4 edges and op <= 3, so problems are ~80 word tokens long and
     # a parameter name is three tokens ("Costco", "'s", "Cereal").
     "tiny": GeneratorConfig(
-        max_op=4, max_ip=4, min_layers=2, max_layers=2, min_width=2, max_width=3,
+        max_op=3, max_ip=4, min_layers=2, max_layers=2, min_width=2, max_width=3,
         world="tiny", families=[0],
     ),
 }
@@ -145,7 +145,7 @@ EVAL_BUCKETS: dict[str, list[str]] = {
     "hard": ["<=21", "21", "28", "29", "30", "31", "32", "reask28"],
     # op = 1 has no test template (spec 8 hash), so tiny's easiest test bucket "<=2" holds only
     # the op = 2 "N more than X" form; "<=2:train" is fresh problems of seen templates.
-    "tiny": ["<=2:train", "<=2", "<=4", "3", "4", "5", "6", "reask4"],
+    "tiny": ["<=2:train", "<=2", "<=3", "3", "4", "5", "reask3"],
 }
 
 LOSS_ON = ("all", "solution")

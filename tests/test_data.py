@@ -76,12 +76,12 @@ def test_training_example_loss_starts_at_the_solution(dm: IGSMDataModule) -> Non
 
 def test_long_problems_are_dropped(dm: IGSMDataModule) -> None:
     ds = stream(dm, "all")
-    ds.context = 100  # shorter than many tiny problems
-    inputs, _, dropped = pack_windows(ds.examples(0), 2, 100)
+    ds.context = 60  # shorter than many tiny problems
+    inputs, _, dropped = pack_windows(ds.examples(0), 2, 60)
     assert dropped > 0
     starts = (inputs.flatten() == dm.tokenizer.problem_id).nonzero().flatten().tolist()
     ends = (inputs.flatten() == dm.tokenizer.eos_id).nonzero().flatten().tolist()
-    assert all(e - s < 100 for s, e in zip(starts, ends))
+    assert all(e - s < 60 for s, e in zip(starts, ends))
 
 
 # -- determinism: ranks, workers, resume -----------------------------------------------------

@@ -150,13 +150,13 @@ def test_train_py_end_to_end_writes_run_folder_and_eval_json(repo_root, one_thre
     run = tmp_path / "logs" / "smoke" / "version_0"
     entries = json.loads((run / "eval.json").read_text())
     cfg = load_config(TrainConfig, [])
-    assert [e["bucket"] for e in entries] == ["train_op<=2", "op<=2", "op<=4", "op=3", "op=4", "op=5", "op=6", "reask_op=4"]
+    assert [e["bucket"] for e in entries] == ["train_op<=2", "op<=2", "op<=3", "op=3", "op=4", "op=5", "reask_op=3"]
     assert len(entries) == len(cfg.eval.buckets)
     for e in entries:
         assert EVAL_FIELDS <= set(e) and e["n"] == 2 and e["step"] == 4
         assert 0 <= e["accuracy"] <= 1 and 0 <= e["answer_accuracy"] <= 1
     assert entries[0]["op"] == "<=2" and entries[0]["split"] == "train" and entries[3]["op"] == 3
-    assert entries[-1]["reask"] is True and entries[-1]["op"] == 4
+    assert entries[-1]["reask"] is True and entries[-1]["op"] == 3
     assert sum(line.startswith("eval ") for line in r.stdout.splitlines()) == len(entries)
     # the run folder: resolved config (loadable again), run facts, checkpoints, TensorBoard events
     assert load_config(TrainConfig, [f"config={run / 'config.yaml'}"]).trainer.max_steps == 4
