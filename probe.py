@@ -1,0 +1,161 @@
+"""V-probe a trained iGSM model (design 3.3, spec 11-12).
+
+    python probe.py                                  # newest last.ckpt under logs/, CPU default
+    python probe.py ckpt=logs/tiny/version_0/checkpoints/last.ckpt
+    python probe.py ckpt=... probe.tasks=[nece,dep] probe.layers=all probe.control=random_init
+    python probe.py ckpt=... preset=probe_med trainer.devices=8 trainer.strategy=ddp
+    python probe.py ckpt=... probe.analysis=true     # also the error analysis (analysis.json)
+    python probe.py print_config=true                # resolved config, then exit
+
+Trains one probe per (task, backbone) at once (the trained backbone and/or the random-init
+control), tests them on template-test problems and writes ``logs/<name>/version_N/`` with
+TensorBoard scalars ``probe/<task>/...`` and ``probe.json``. Defaults live in igsm/config.py
+(``ProbeConfig``); presets are configs/probe_*.yaml. See docs/probing.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from igsm.cli_config import config_to_dict, config_to_yaml, load_config
+from igsm.config import ConfigError, ProbeConfig
+
+
+def find_checkpoint(cfg: ProbeConfig) -> str:
+    """``ckpt``, or the newest ``last.ckpt`` of a training run under ``log_root``."""
+    if cfg.ckpt is not None:
+        if not Path(cfg.ckpt).is_file():
+            raise ConfigError(f"ckpt={cfg.ckpt!r} is not allowed: no such file")
+        return cfg.ckpt
+    candidates = []
+    for path in Path(cfg.log_root).glob("**/checkpoints/last.ckpt"):
+        info = path.parent.parent / "run_info.json"
+        try:
+            if info.is_file() and json.loads(info.read_text()).get("kind") == "probe":
+                continue  # a probe run's own checkpoint holds probes, not a backbone
+        except (OSError, ValueError):
+            pass
+        candidates.append((path.stat().st_mtime, str(path)))
+    if not candidates:
+        raise ConfigError(f"ckpt=None is not allowed: no {cfg.log_root}/**/checkpoints/last.ckpt found "
+                          "(train a model first: python train.py, or pass ckpt=PATH)")
+    return max(candidates)[1]
+
+
+def summary_lines(results: dict) -> list[str]:
+    lines = [f"{'task':>10}  {'trained':>8}  {'random':>8}  {'majority':>8}  {'n':>6}"]
+    for task, e in results["tasks"].items():
+        def pct(x):
+            return "-" if x is None else f"{100 * x:.1f}%"
+        lines.append(f"{task:>10}  {pct(e.get('acc')):>8}  {pct(e.get('random_init_acc')):>8}  "
+                     f"{pct(e.get('majority_acc')):>8}  {e['n_test_pairs']:>6}")
+    return lines
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    try:
+        cfg = load_config(ProbeConfig, argv)
+        ckpt = None if cfg.print_config else find_checkpoint(cfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if cfg.print_config:
+        print(config_to_yaml(cfg), end="")
+        return 0
+
+    import os
+    import warnings
+
+    # CPU: idle OpenMP threads sleep instead of spinning. With spinning, a 2-thread run on 2 cores
+    # that shares them with anything else (a data worker, another job) runs ~10x slower; must be
+    # set before torch loads its OpenMP runtime. An explicit setting in the environment wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import lightning as L
+
+    from igsm.config import generator_config
+    from igsm.trainer import build_trainer
+    from probing.data import ProbeDataModule
+    from probing.labels import NUM_CLASSES
+    from probing.vprobe import VProbe, expected_trainable, load_backbone, write_png, heatmap
+
+    if cfg.trainer.cpu_threads is not None:
+        import torch
+
+        torch.set_num_threads(cfg.trainer.cpu_threads)
+    # The frozen backbones are in eval mode on purpose (docs/probing.md).
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    start = time.time()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    backbone = load_backbone(ckpt)
+    train_cfg = backbone.train_config
+    gen_cfg = generator_config(train_cfg.data)
+    p = cfg.probe
+    name = cfg.name or f"{train_cfg.name}_probe"
+    datamodule = ProbeDataModule(backbone.tokenizer, gen_cfg, p.tasks, batch_size=p.batch_size, draws=p.draws,
+                                 train_problems=p.train_problems, test_problems=p.test_problems, seed=cfg.seed,
+                                 num_workers=p.num_workers)
+    module = VProbe(backbone.model, p.tasks, rank=p.rank, layers=p.layers, control=p.control, lr=p.lr,
+                    weight_decay=p.weight_decay, warmup_steps=p.warmup_steps, betas=tuple(p.betas),
+                    v_init_std=p.v_init_std, seed=cfg.seed, checkpoint_activations=p.checkpoint_activations,
+                    length_chunks=p.length_chunks)
+    module.backbone_ckpt = ckpt
+    trainer = build_trainer(
+        cfg.trainer, name, log_root=cfg.log_root, config_yaml=config_to_yaml(cfg),
+        extra_info={"kind": "probe", "backbone_ckpt": ckpt, "backbone_run": train_cfg.name},
+    )
+    trainer.fit(module, datamodule=datamodule)
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    run_dir = Path(trainer.log_dir)  # a collective under DDP: every rank asks
+    if not trainer.is_global_zero:
+        return 0
+
+    results = dict(module.results)
+    bb = backbone.model
+    results = {
+        "backbone_ckpt": ckpt,
+        "config": config_to_dict(cfg),
+        "backbone": {"run": train_cfg.name, "n_layer": bb.cfg.n_layer, "d_model": bb.cfg.d_model,
+                     "vocab_size": bb.vocab_size, "padded_vocab": bb.padded_vocab,
+                     "tokenizer": backbone.tokenizer.name},
+        "probe": {"rank": p.rank, "layers": p.layers, "control": p.control, "steps": trainer.global_step,
+                  "batch_size": p.batch_size, "devices": trainer.world_size,
+                  "trainable_params_per_probe": {
+                      t: expected_trainable(bb.padded_vocab, bb.cfg.d_model, p.rank, NUM_CLASSES[t], len(module.head_layers))
+                      for t in p.tasks}},
+        **results,
+    }
+    nece = results["tasks"].get("nece", {}).get("trained", {}).get("by_distance")
+    if nece is not None:
+        results["nece_by_distance"] = nece
+        write_png(run_dir / "nece_by_distance.png", heatmap(nece["acc"]))
+
+    if p.analysis and "trained" in module.backbone_names:
+        from probing.analysis import analysis_scalars, run_analysis
+
+        device = trainer.strategy.root_device
+        module.to(device)
+        analysis = run_analysis(module, backbone.tokenizer, gen_cfg, cfg.analysis, seed=cfg.seed)
+        (run_dir / "analysis.json").write_text(json.dumps(analysis, indent=2) + "\n")
+        writer = trainer.logger.experiment
+        for k, v in analysis_scalars(analysis).items():
+            writer.add_scalar(k, v, global_step=trainer.global_step)
+        writer.flush()
+        results["analysis"] = analysis
+    results["time_s"] = round(time.time() - start, 1)
+    (run_dir / "probe.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"run folder: {run_dir}")
+    for line in summary_lines(results):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Probe inputs: token cuts at the probing positions, ``[START] A [MID] B [END]`` queries, batches.
+
+Token layout (both tokenizers): the generation prompt's layout, ``[eos, problem] P [solution] S``,
+so a probe input is a prefix of ``[eos] + tokenizer.encode_example(...)`` (the eos in front is the
+end of the previous example in a packed training window, and the first token of every prompt).
+The example is encoded piece by piece (statements, question, each solution sentence) exactly as
+the tokenizer encodes a whole part, so every cut is a token boundary of the full example:
+
+* ``problem_end``: after the problem text, before the ``[solution]`` marker (nece; dep in qp);
+* ``statement_end``: pq only, after the last statement, before the question (dep);
+* ``boundaries[j]``: after the ``[solution]`` marker and j solution sentences (j = 0..n).
+
+Then ``[START] A [END]`` (dep: ``[START] A [MID] B [END]``) is appended, where a parameter name
+is encoded as ``tokenizer.encode(" " + name)``: in the text every name follows a space
+("each A's B", "Define A's B", "does A have"), which both tokenizers encode with the space in
+the first token of the name.
+
+Batches are **right-padded** with ``pad_id``; ``end`` holds each row's ``[END]`` index, so the probe
+gathers ``hidden[arange(B), end]``. Padding after ``[END]`` cannot change it (causal attention).
+
+A problem is a pure function of its index: ``problem_rng(seed, "probe", split, index)``; the
+draws of a task come from ``problem_rng(seed, "probe", split, index, task)``, so every task sees
+the same problems and every rank, worker or restart the same pairs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any, Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from igsm.config import GeneratorConfig
+from igsm.generator import GenerationError, generate_problem, problem_rng, world_for
+from igsm.problem import Problem
+from probing.labels import TASKS, ProblemLabels, check_task, draw_queries
+
+PROBE_STREAM = "probe"
+
+
+# --------------------------------------------------------------------------------------------
+# Token cuts
+# --------------------------------------------------------------------------------------------
+
+def encode_part(tokenizer, text: str) -> list[int]:
+    """A text part as the tokenizer encodes it inside an example (GPT-2: with a leading space)."""
+    return tokenizer._encode_part(text)
+
+
+def name_ids(tokenizer, name: str) -> list[int]:
+    """A parameter name as it appears in the text: after a space."""
+    return tokenizer.encode(" " + name)
+
+
+def sentence_ids(tokenizer, sentences: Sequence[str]) -> list[list[int]]:
+    """The ids of each solution sentence, so that their concatenation is the solution part."""
+    return [encode_part(tokenizer, s) if k == 0 else tokenizer.encode(" " + s) for k, s in enumerate(sentences)]
+
+
+class ProblemTokens:
+    """The full example of a problem, ``[eos, problem] P [solution] S [answer] A [eos]``, and its
+    probing cuts (each an exclusive end index: ``ids[:cut]`` is the truncated input)."""
+
+    def __init__(self, tokenizer, problem: Problem):
+        tok = tokenizer
+        statement, question = problem.statement, problem.question_text
+        if problem.fmt == "qp":
+            first, second = encode_part(tok, question), tok.encode(" " + statement)
+        else:
+            first, second = encode_part(tok, statement), tok.encode(" " + question)
+        head = [tok.eos_id, tok.problem_id]
+        self.problem_end = len(head) + len(first) + len(second)
+        # dep: before the question in pq; in qp the statements end the problem text
+        self.statement_end = len(head) + len(first) if problem.fmt == "pq" else self.problem_end
+        sentences = sentence_ids(tok, problem.solution_sentences)
+        cut = self.problem_end + 1  # after the [solution] marker
+        self.boundaries = [cut]
+        for s in sentences:
+            cut += len(s)
+            self.boundaries.append(cut)
+        self.ids = head + first + second + [tok.solution_id] + [i for s in sentences for i in s] \
+            + [tok.answer_id] + encode_part(tok, str(problem.answer)) + [tok.eos_id]
+
+    def cut(self, task: str, position: int = 0) -> int:
+        if task == "nece":
+            return self.problem_end
+        if task == "dep":
+            return self.statement_end
+        check_task(task)
+        return self.boundaries[position]
+
+
+def query_ids(tokenizer, prefix: Sequence[int], a_name: str, b_name: Optional[str] = None) -> list[int]:
+    """``prefix + [START] A [END]`` or ``prefix + [START] A [MID] B [END]``."""
+    out = list(prefix) + [tokenizer.start_id] + name_ids(tokenizer, a_name)
+    if b_name is not None:
+        out += [tokenizer.mid_id] + name_ids(tokenizer, b_name)
+    return out + [tokenizer.end_id]
+
+
+def collate_pairs(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad ``ids`` to the longest row; ``end`` = each row's last real index (its ``[END]``)."""
+    T = max(len(r["ids"]) for r in rows)
+    idx = torch.full((len(rows), T), pad_id, dtype=torch.long)  # [B, T]
+    for i, r in enumerate(rows):
+        idx[i, : len(r["ids"])] = torch.tensor(r["ids"], dtype=torch.long)
+    return {
+        "idx": idx,
+        "end": torch.tensor([len(r["ids"]) - 1 for r in rows], dtype=torch.long),  # [B]
+        "label": torch.tensor([r["label"] for r in rows], dtype=torch.long),  # [B]
+        "dist": torch.tensor([r["dist"] for r in rows], dtype=torch.long),  # [B]
+    }
+
+
+class PairCollate:
+    """Flatten the per-problem lists of pairs, keep at most ``max_rows`` of them, and pad (a class,
+    so worker processes can pickle it)."""
+
+    def __init__(self, pad_id: int, max_rows: Optional[int] = None):
+        self.pad_id, self.max_rows = pad_id, max_rows
+
+    def __call__(self, items: list[list[dict]]) -> dict[str, torch.Tensor]:
+        rows = [r for item in items for r in item][: self.max_rows]
+        if not rows:  # a batch of problems without any query (dep on a 1-parameter graph)
+            return {"idx": torch.full((0, 1), self.pad_id, dtype=torch.long),
+                    "end": torch.zeros(0, dtype=torch.long), "label": torch.zeros(0, dtype=torch.long),
+                    "dist": torch.zeros(0, dtype=torch.long)}
+        return collate_pairs(rows, self.pad_id)
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets
+# --------------------------------------------------------------------------------------------
+
+def probe_problem(gen_cfg: GeneratorConfig, seed: int, split: str, index: int) -> Problem:
+    """The probe problem at ``index`` of a split (template split of ``gen_cfg``)."""
+    cfg = replace(gen_cfg, split=split)
+    return generate_problem(cfg, problem_rng(seed, PROBE_STREAM, split, index), world_for(cfg))
+
+
+def problem_pairs(tokenizer, problem: Problem, task: str, rng, draws: int = 10) -> list[dict]:
+    """The probe inputs of one problem for one task: ``{"ids", "label", "dist", "position", "a", "b"}``."""
+    labels = ProblemLabels(problem)
+    tokens = ProblemTokens(tokenizer, problem)
+    out = []
+    for pos, a, b in draw_queries(problem, task, rng, draws):
+        ids = query_ids(tokenizer, tokens.ids[: tokens.cut(task, pos)], problem.param_name(a),
+                        problem.param_name(b) if b is not None else None)
+        out.append({"ids": ids, "label": labels.label(task, a, b, pos),
+                    "dist": labels.distance(a) if task == "nece" else -1,
+                    "position": pos, "a": a, "b": b})
+    return out
+
+
+class ProbeDataset(Dataset):
+    """Item ``i`` = the list of (up to ``draws``) probe inputs of problem ``i`` for one task."""
+
+    def __init__(self, tokenizer, gen_cfg: GeneratorConfig, task: str, split: str, n_problems: int,
+                 seed: int = 0, draws: int = 10):
+        self.tokenizer, self.gen_cfg = tokenizer, gen_cfg
+        self.task, self.split, self.n, self.seed, self.draws = check_task(task), split, n_problems, seed, draws
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> list[dict]:
+        try:
+            problem = probe_problem(self.gen_cfg, self.seed, self.split, index)
+        except GenerationError:  # the generator gave up on this draw (rare): no pairs
+            return []
+        rng = problem_rng(self.seed, PROBE_STREAM, self.split, index, self.task)
+        return [{k: r[k] for k in ("ids", "label", "dist")}
+                for r in problem_pairs(self.tokenizer, problem, self.task, rng, self.draws)]
+
+
+# --------------------------------------------------------------------------------------------
+# The LightningDataModule
+# --------------------------------------------------------------------------------------------
+
+try:  # lightning is a dependency, but keep the token helpers importable without it
+    import lightning.pytorch as pl
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+    from lightning.pytorch.utilities import CombinedLoader
+except ImportError:  # pragma: no cover
+    pl = None
+
+
+class ProbeDataModule(pl.LightningDataModule if pl is not None else object):
+    """Train (template-train problems) and test (template-test problems) pairs for several tasks.
+
+    A training batch is a dict ``{task: batch}`` (one batch per task, all tasks every step); the
+    test loaders are one per task, in ``tasks`` order (``dataloader_idx`` = task index).
+    ``batch_size`` counts pairs. A training batch reads ``ceil(batch_size / (draws / 2))`` problems
+    (repeated draws are dropped, so a problem gives fewer than ``draws`` pairs) and keeps the first
+    ``batch_size`` pairs: exactly ``batch_size`` unless the problems average fewer than
+    ``draws / 2`` distinct draws. Test batches read ``ceil(batch_size / draws)`` problems, all
+    their pairs. Under DDP each loader gets its own distributed sampler (training: equal shards;
+    test: unpadded, so no pair is counted twice); ``train_problems`` = 0 sizes the training set to
+    ``max_steps`` (no problem is seen twice).
+    """
+
+    def __init__(self, tokenizer, gen_cfg: GeneratorConfig, tasks: Sequence[str] = TASKS, *,
+                 batch_size: int = 32, draws: int = 10, train_problems: int = 0,
+                 test_problems: int = 128, seed: int = 0, num_workers: int = 0):
+        super().__init__()
+        self.tokenizer, self.gen_cfg = tokenizer, gen_cfg
+        self.tasks = [check_task(t) for t in tasks]
+        self.batch_size, self.draws = batch_size, draws
+        self.train_problems, self.test_problems = train_problems, test_problems
+        self.seed, self.num_workers = seed, num_workers
+        self.problems_per_batch = max(1, math.ceil(batch_size / draws))  # test
+        self.train_problems_per_batch = max(1, math.ceil(batch_size / max(1, draws // 2)))
+
+    def _n_train(self) -> int:
+        if self.train_problems > 0:
+            return self.train_problems
+        trainer = getattr(self, "trainer", None)
+        steps = trainer.max_steps if trainer is not None and trainer.max_steps > 0 else 1000
+        world = trainer.world_size if trainer is not None else 1
+        return steps * self.train_problems_per_batch * world
+
+    def _loader(self, task: str, split: str, n: int) -> DataLoader:
+        ds = ProbeDataset(self.tokenizer, self.gen_cfg, task, split, n, self.seed, self.draws)
+        trainer = getattr(self, "trainer", None)
+        sampler = None
+        if trainer is not None and trainer.world_size > 1:
+            # Our own shards (Lightning keeps a DistributedSampler it is given): equal training
+            # shards (every rank steps together); unpadded test shards, so no pair counts twice.
+            cls = DistributedSampler if split == "train" else UnrepeatedDistributedSampler
+            kw = {"drop_last": True} if split == "train" else {}
+            sampler = cls(ds, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False, **kw)
+        train = split == "train"
+        return DataLoader(ds, batch_size=self.train_problems_per_batch if train else self.problems_per_batch,
+                          sampler=sampler, collate_fn=PairCollate(self.tokenizer.pad_id, self.batch_size if train else None),
+                          num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, drop_last=False)
+
+    def train_dataloader(self) -> Any:
+        n = self._n_train()
+        return CombinedLoader({t: self._loader(t, "train", n) for t in self.tasks}, mode="max_size_cycle")
+
+    def test_dataloader(self) -> Any:
+        return [self._loader(t, "test", self.test_problems) for t in self.tasks]
+
+
+__all__ = [
+    "PROBE_STREAM", "encode_part", "name_ids", "sentence_ids", "ProblemTokens", "query_ids",
+    "collate_pairs", "PairCollate", "probe_problem", "problem_pairs", "ProbeDataset", "ProbeDataModule",
+]

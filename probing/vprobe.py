@@ -1,0 +1,490 @@
+"""V-probing (spec 11): a frozen GPT, a rank-r update of its input embedding, linear heads.
+
+One :class:`VProbe` LightningModule trains every requested task on every requested backbone at
+once (one Trainer, one data pass, one set of synced metrics):
+
+* **backbones**: ``trained`` (the checkpoint) and/or ``random_init`` (the same shape, freshly
+  initialised with the probe seed: the control of spec 11);
+* **per (backbone, task)** a :class:`TaskProbe`: ``U [padded_vocab, r]`` (zeros) and
+  ``V [r, d]`` (normal), so ``E + U V`` starts as the frozen model's embedding; plus one linear
+  head on the last layer, or one per layer with ``layers="all"``.
+
+Choices (documented in docs/probing.md):
+
+* **Normalisation.** Each head reads a LayerNorm'd state, through a frozen LayerNorm of the
+  backbone: the last layer (``hidden_states[-1]``, before the final norm) through ``ln_f``, the
+  state the LM head reads; layer ``l < L`` through block ``l+1``'s ``ln_1``, the state the next
+  block reads. No trainable parameters are added, and a linear head can undo the affine part, so
+  this only improves conditioning (raw residual streams grow with depth).
+* **Layers.** ``layers="all"`` adds heads on ``hidden_states[1..L-1]`` that share the probe's
+  delta but read *detached* states: the delta is trained by the last-layer loss only, each lower
+  head by its own loss. The last-layer probe is therefore exactly the ``layers="last"`` probe,
+  and the layer-wise heads cost no extra backbone passes.
+* **Freezing, three ways.** ``requires_grad_(False)`` on every backbone parameter; the optimizer
+  gets the probes' parameters only; :meth:`VProbe.train` keeps the backbones in eval mode (no
+  dropout) whatever Lightning sets.
+* **Parameter count** per (backbone, task) probe: ``rank * (padded_vocab + d) + heads``, where
+  ``padded_vocab`` is the embedding table's padded row count (``GPT.padded_vocab``, a multiple
+  of 64) since ``U`` has one row per embedding row; a head is ``d * classes + classes``.
+* **Memory.** ``checkpoint_activations=True`` recomputes each backbone pass in the backward
+  (one extra forward) so only the ``[END]`` states are kept: every (backbone, task) pass of a
+  step can then share one backward without holding a dozen activation graphs on the GPU.
+
+Majority control: class counts of the training labels (a synced metric) give the majority class
+per task; its test accuracy is logged next to the probes'.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, NamedTuple, Optional, Sequence
+
+import lightning.pytorch as pl
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchmetrics
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from igsm.config import ModelConfig
+from igsm.model import GPT
+from probing.labels import MAX_DISTANCE, NUM_CLASSES, TASKS, check_task
+
+BACKBONES = ("trained", "random_init")
+CONTROLS = {"none": ("trained",), "random_init": ("random_init",), "both": ("trained", "random_init")}
+# column groups of the accuracy metric: all pairs, label 0, label 1, nece positives at distance t
+G_ALL, G_NEG, G_POS, G_DIST = 0, 1, 2, 3
+N_GROUPS = G_DIST + MAX_DISTANCE
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics (synced across ranks by torchmetrics)
+# --------------------------------------------------------------------------------------------
+
+class GroupedAccuracy(torchmetrics.Metric):
+    """Correct / total counts per (head, group); ``compute()`` returns both, summed over ranks.
+
+    Groups: all pairs, label 0, label 1 (binary tasks) and, for nece, the positive pairs at
+    distance t = 1..MAX_DISTANCE from the question (paper Result 8).
+    """
+
+    full_state_update = False
+
+    def __init__(self, n_heads: int, binary: bool):
+        super().__init__()
+        self.binary = binary
+        self.add_state("correct", torch.zeros(n_heads, N_GROUPS, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", torch.zeros(n_heads, N_GROUPS, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, label: Tensor, dist: Tensor) -> None:
+        """preds [H, B] per head; label [B]; dist [B] (-1 = no distance group)."""
+        ok = (preds == label[None]).long()  # [H, B]
+        masks = [torch.ones_like(label, dtype=torch.bool)]
+        if self.binary:
+            masks += [label == 0, label == 1]
+        else:
+            masks += [torch.zeros_like(label, dtype=torch.bool)] * 2
+        positive = label == 1
+        masks += [positive & (dist == t) for t in range(1, MAX_DISTANCE + 1)]
+        m = torch.stack(masks, dim=1).long()  # [B, G]
+        self.correct += ok @ m  # [H, G]
+        self.total += m.sum(0)[None].expand_as(self.total)
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        return self.correct, self.total
+
+
+class ClassCounts(torchmetrics.Metric):
+    """Histogram of the training labels (for the majority-guess control)."""
+
+    full_state_update = False
+
+    def __init__(self, n_classes: int):
+        super().__init__()
+        self.add_state("counts", torch.zeros(n_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, label: Tensor) -> None:
+        self.counts += torch.bincount(label, minlength=self.counts.numel())[: self.counts.numel()]
+
+    def compute(self) -> Tensor:
+        return self.counts
+
+
+def _acc(correct: Tensor, total: Tensor) -> Optional[float]:
+    return float(correct) / float(total) if int(total) > 0 else None
+
+
+# --------------------------------------------------------------------------------------------
+# Loading a backbone
+# --------------------------------------------------------------------------------------------
+
+class Backbone(NamedTuple):
+    """A trained GPT and what it was trained with."""
+
+    model: GPT  # frozen, eval mode
+    tokenizer: Any  # igsm.tokenizer.Tokenizer
+    train_config: Any  # igsm.config.TrainConfig, resolved
+    path: str
+
+
+def load_backbone(path: str | Path, map_location: str = "cpu") -> Backbone:
+    """A ``train.py`` checkpoint -> its GPT (eval mode, frozen), tokenizer and resolved config.
+
+    Loaded through :class:`igsm.lit.GPTLitModule` (its hyper-parameters hold the resolved config
+    and the tokenizer's ``to_dict()``), so the probe reads checkpoints exactly as training wrote them.
+    """
+    from igsm.lit import GPTLitModule
+
+    lit = GPTLitModule.load_from_checkpoint(str(path), map_location=map_location, weights_only=False)
+    return Backbone(freeze(lit.model), lit.tokenizer, lit.cfg, str(path))
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and no gradients (the backbone's first two freezes)."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def random_backbone(cfg: ModelConfig, vocab_size: int, seed: int) -> GPT:
+    """A GPT of the same shape, initialised from ``seed`` without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPT(cfg, vocab_size)
+    return freeze(model)
+
+
+# --------------------------------------------------------------------------------------------
+# The probe of one task on one backbone
+# --------------------------------------------------------------------------------------------
+
+class TaskProbe(nn.Module):
+    """Rank-r embedding delta ``(U, V)`` and linear heads (keys: layer numbers 1..L as strings)."""
+
+    def __init__(self, padded_vocab: int, d: int, rank: int, n_classes: int, layers: Sequence[int],
+                 v_init_std: float = 0.02):
+        super().__init__()
+        self.U = nn.Parameter(torch.zeros(padded_vocab, rank))  # zero: the probe starts as the frozen model
+        self.V = nn.Parameter(torch.randn(rank, d) * v_init_std)
+        self.heads = nn.ModuleDict({str(l): nn.Linear(d, n_classes) for l in layers})
+
+    @property
+    def layers(self) -> list[int]:
+        return [int(k) for k in self.heads]
+
+
+def expected_trainable(padded_vocab: int, d: int, rank: int, n_classes: int, n_heads: int = 1) -> int:
+    """rank * (padded_vocab + d) + heads * (d * classes + classes)."""
+    return rank * (padded_vocab + d) + n_heads * (d * n_classes + n_classes)
+
+
+# --------------------------------------------------------------------------------------------
+# The LightningModule
+# --------------------------------------------------------------------------------------------
+
+class VProbe(pl.LightningModule):
+    """Probes of several tasks on a frozen trained backbone and/or a random-init control."""
+
+    def __init__(self, backbone: GPT, tasks: Sequence[str] = TASKS, *, rank: int = 8, layers: str = "last",
+                 control: str = "both", lr: float = 2e-3, weight_decay: float = 0.01, warmup_steps: int = 0,
+                 betas: tuple[float, float] = (0.9, 0.999), v_init_std: float = 0.02, seed: int = 0,
+                 checkpoint_activations: bool = False, length_chunks: int = 1):
+        super().__init__()
+        if layers not in ("last", "all"):
+            raise ValueError(f"layers={layers!r}: 'last' or 'all'")
+        if control not in CONTROLS:
+            raise ValueError(f"control={control!r}: one of {list(CONTROLS)}")
+        self.tasks = [check_task(t) for t in tasks]
+        self.rank, self.layers_mode, self.control = rank, layers, control
+        self.lr, self.weight_decay, self.warmup_steps, self.betas = lr, weight_decay, warmup_steps, tuple(betas)
+        self.checkpoint_activations = checkpoint_activations
+        self.length_chunks = max(1, int(length_chunks))
+        self.save_hyperparameters(ignore=["backbone"])
+
+        freeze(backbone)
+        self.n_layer, self.d = backbone.cfg.n_layer, backbone.cfg.d_model
+        self.padded_vocab = backbone.padded_vocab
+        self.backbone_names = list(CONTROLS[control])
+        bbs = {}
+        for name in self.backbone_names:
+            bbs[name] = backbone if name == "trained" else random_backbone(backbone.cfg, backbone.vocab_size, seed)
+        self.backbones = nn.ModuleDict(bbs)
+        self.head_layers = list(range(1, self.n_layer + 1)) if layers == "all" else [self.n_layer]
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.probes = nn.ModuleDict({
+                self.key(b, t): TaskProbe(self.padded_vocab, self.d, rank, NUM_CLASSES[t], self.head_layers, v_init_std)
+                for b in self.backbone_names for t in self.tasks
+            })
+        n_heads = len(self.head_layers)
+        self.test_acc = nn.ModuleDict({self.key(b, t): GroupedAccuracy(n_heads, NUM_CLASSES[t] == 2)
+                                       for b in self.backbone_names for t in self.tasks})
+        self.majority_acc = nn.ModuleDict({t: GroupedAccuracy(1, NUM_CLASSES[t] == 2) for t in self.tasks})
+        self.train_counts = nn.ModuleDict({t: ClassCounts(NUM_CLASSES[t]) for t in self.tasks})
+        self.majority_class: dict[str, int] = {}
+        self.results: dict = {}
+
+    @staticmethod
+    def key(backbone: str, task: str) -> str:
+        return f"{backbone}__{task}"
+
+    # -- freezing ------------------------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> "VProbe":
+        """Lightning calls ``train()`` before fitting and after every validation: the probes follow
+        it, the backbones never leave eval mode (dropout stays off)."""
+        super().train(mode)
+        for bb in self.backbones.values():
+            bb.eval()
+        return self
+
+    def trainable_parameters(self, backbone: Optional[str] = None, task: Optional[str] = None) -> list[nn.Parameter]:
+        out = []
+        for k, probe in self.probes.items():
+            b, t = k.split("__")
+            if (backbone is None or b == backbone) and (task is None or t == task):
+                out += [p for p in probe.parameters() if p.requires_grad]
+        return out
+
+    def configure_optimizers(self):
+        params = self.trainable_parameters()
+        assert not any(p.requires_grad for bb in self.backbones.values() for p in bb.parameters())
+        opt = torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        total = max(1, int(self.trainer.max_steps)) if self.trainer is not None and self.trainer.max_steps > 0 else 1
+        warm = self.warmup_steps
+
+        def schedule(step: int) -> float:  # linear warm-up (none by default), linear decay to 0
+            if step < warm:
+                return (step + 1) / warm
+            return max(0.0, (total - step) / max(1, total - warm))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def end_states(self, backbone: str, task: str, idx: Tensor, end: Tensor, *, detach_lower: bool = True) -> list[Tensor]:
+        """The normalised hidden states at ``[END]`` for each head layer: a list of [B, d]."""
+        bb = self.backbones[backbone]
+        probe = self.probes[self.key(backbone, task)]
+        rows = torch.arange(idx.shape[0], device=idx.device)
+
+        def run(U: Tensor, V: Tensor) -> Tensor:
+            out = bb(idx, embed_delta=(U, V), output_hidden_states=True, compute_logits=False)
+            return torch.stack([out.hidden_states[l][rows, end] for l in self.head_layers])  # [H, B, d]
+
+        if self.checkpoint_activations and torch.is_grad_enabled():
+            states = checkpoint(run, probe.U, probe.V, use_reentrant=False)
+        else:
+            states = run(probe.U, probe.V)
+        out = []
+        for i, l in enumerate(self.head_layers):
+            h = states[i]  # [B, d]
+            if l == self.n_layer:
+                out.append(bb.ln_f(h))
+            else:
+                out.append(bb.blocks[l].ln_1(h.detach() if detach_lower else h))
+        return out
+
+    def logits(self, backbone: str, task: str, idx: Tensor, end: Tensor) -> list[Tensor]:
+        """Per head layer, the class logits [B, C].
+
+        With ``length_chunks > 1`` the rows are sorted by length and run in that many chunks, each
+        cut to its own longest row: the same result with less padding (probe inputs vary a lot in
+        length; worth it on CPU, where a smaller matmul costs proportionally less).
+        """
+        k = min(self.length_chunks, idx.shape[0])
+        if k <= 1:
+            return self._logits(backbone, task, idx, end)
+        order = torch.argsort(end)
+        parts = []
+        for rows in torch.tensor_split(order, k):
+            T = int(end[rows].max()) + 1
+            parts.append(self._logits(backbone, task, idx[rows, :T], end[rows]))
+        inverse = torch.argsort(order)
+        return [torch.cat([p[h] for p in parts])[inverse] for h in range(len(self.head_layers))]
+
+    def _logits(self, backbone: str, task: str, idx: Tensor, end: Tensor) -> list[Tensor]:
+        probe = self.probes[self.key(backbone, task)]
+        states = self.end_states(backbone, task, idx, end)
+        return [probe.heads[str(l)](h.float() if h.dtype != probe.heads[str(l)].weight.dtype else h)
+                for l, h in zip(self.head_layers, states)]
+
+    @torch.no_grad()
+    def predict(self, task: str, idx: Tensor, end: Tensor, backbone: str = "trained") -> Tensor:
+        """The last-layer head's predicted class per row [B]."""
+        return self.logits(backbone, task, idx, end)[-1].argmax(-1)
+
+    # -- training ------------------------------------------------------------------------------
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        if isinstance(batch, (tuple, list)):  # CombinedLoader may hand (batch, idx, dataloader_idx)
+            batch = batch[0]
+        total = torch.zeros((), device=self.device)
+        for task in self.tasks:
+            b = batch[task]
+            if b["label"].numel() == 0:  # keep every parameter in the graph (DDP) at zero cost
+                total = total + sum(p.sum() * 0 for p in self.trainable_parameters(task=task))
+                continue
+            self.train_counts[task].update(b["label"])
+            for name in self.backbone_names:
+                per_layer = self.logits(name, task, b["idx"], b["end"])
+                losses = [F.cross_entropy(lg.float(), b["label"]) for lg in per_layer]
+                total = total + sum(losses)
+                tag = f"probe/{task}" + ("" if name == "trained" else f"/{name}")
+                self.log(f"{tag}/train_loss", losses[-1], on_step=True, on_epoch=False, batch_size=len(b["label"]))
+        return total
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Probe checkpoints hold the probes only: the trained backbone is its own checkpoint
+        (``backbone_ckpt``) and the random-init control is rebuilt from the seed."""
+        state = checkpoint.get("state_dict", {})
+        for k in [k for k in state if k.startswith("backbones.")]:
+            del state[k]
+        checkpoint["backbone_ckpt"] = getattr(self, "backbone_ckpt", None)
+
+    def on_train_epoch_start(self) -> None:  # belt and braces: Lightning may call train() on submodules
+        for bb in self.backbones.values():
+            bb.eval()
+
+    # -- testing -------------------------------------------------------------------------------
+
+    def on_test_start(self) -> None:
+        for task in self.tasks:
+            counts = self.train_counts[task].compute()
+            self.majority_class[task] = int(counts.argmax()) if int(counts.sum()) > 0 else 0
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        task = self.tasks[dataloader_idx]
+        if batch["label"].numel() == 0:
+            return
+        label, dist = batch["label"], batch["dist"]
+        for name in self.backbone_names:
+            preds = torch.stack([lg.argmax(-1) for lg in self.logits(name, task, batch["idx"], batch["end"])])
+            self.test_acc[self.key(name, task)].update(preds, label, dist)
+        majority = torch.full_like(label, self.majority_class.get(task, 0))[None]
+        self.majority_acc[task].update(majority, label, dist)
+
+    def on_test_epoch_end(self) -> None:
+        results: dict = {"tasks": {}}
+        scalars: dict[str, float] = {}
+        for task in self.tasks:
+            entry: dict = {}
+            binary = NUM_CLASSES[task] == 2
+            maj_c, maj_t = self.majority_acc[task].compute()
+            entry["n_test_pairs"] = int(maj_t[0, G_ALL])
+            for name in self.backbone_names:
+                correct, total = self.test_acc[self.key(name, task)].compute()
+                last = len(self.head_layers) - 1
+                sub = {"acc": _acc(correct[last, G_ALL], total[last, G_ALL])}
+                if binary:
+                    sub["acc_neg"] = _acc(correct[last, G_NEG], total[last, G_NEG])
+                    sub["acc_pos"] = _acc(correct[last, G_POS], total[last, G_POS])
+                    sub["n_pos"] = int(total[last, G_POS])
+                if len(self.head_layers) > 1:
+                    sub["layers"] = {str(l): _acc(correct[i, G_ALL], total[i, G_ALL])
+                                     for i, l in enumerate(self.head_layers)}
+                if task == "nece":
+                    sub["by_distance"] = {
+                        "layers": list(self.head_layers),
+                        "distances": list(range(1, MAX_DISTANCE + 1)),
+                        "acc": [[_acc(correct[i, G_DIST + t], total[i, G_DIST + t]) for t in range(MAX_DISTANCE)]
+                                for i in range(len(self.head_layers))],
+                        "n": [int(total[0, G_DIST + t]) for t in range(MAX_DISTANCE)],
+                    }
+                entry[name] = sub
+                prefix = f"probe/{task}" if name == "trained" else f"probe/{task}/{name}"
+                for k in ("acc", "acc_pos", "acc_neg"):
+                    if sub.get(k) is not None:
+                        scalars[f"{prefix}/{k}"] = sub[k]
+                for l, a in sub.get("layers", {}).items():
+                    if a is not None:
+                        scalars[f"{prefix}/layer_{l}/acc"] = a
+            entry["majority"] = {"acc": _acc(maj_c[0, G_ALL], maj_t[0, G_ALL]), "class": self.majority_class.get(task, 0)}
+            if entry["majority"]["acc"] is not None:
+                scalars[f"probe/{task}/majority/acc"] = entry["majority"]["acc"]
+            # the flat summary of design 3.3
+            entry["acc"] = entry.get("trained", {}).get("acc")
+            entry["random_init_acc"] = entry.get("random_init", {}).get("acc")
+            entry["majority_acc"] = entry["majority"]["acc"]
+            results["tasks"][task] = entry
+        for k, v in scalars.items():  # already summed over ranks: sync_dist only averages equal values
+            self.log(k, v, sync_dist=True, add_dataloader_idx=False)
+        self.results = results
+        self._log_distance_table()
+
+    def _log_distance_table(self) -> None:
+        """Paper Result 8: nece accuracy per layer and distance, as a text table and a heatmap."""
+        nece = self.results["tasks"].get("nece", {}).get("trained", {}).get("by_distance")
+        if nece is None or self.logger is None or not self.trainer.is_global_zero:
+            return
+        writer = getattr(self.logger, "experiment", None)
+        if writer is None or not hasattr(writer, "add_text"):
+            return
+        text = distance_table_markdown(nece)
+        writer.add_text("probe/nece/by_distance", text, global_step=0)
+        image = heatmap(nece["acc"])  # [H, W, 3] uint8
+        writer.add_image("probe/nece/by_distance", image, global_step=0, dataformats="HWC")
+
+
+# --------------------------------------------------------------------------------------------
+# Presenting the nece-by-distance grid
+# --------------------------------------------------------------------------------------------
+
+def distance_table_markdown(grid: dict) -> str:
+    """Rows = layers, columns = distance t to the question; cells = accuracy % (n pairs in the header)."""
+    ds, n = grid["distances"], grid["n"]
+    head = "| layer | " + " | ".join(f"t={t} (n={k})" for t, k in zip(ds, n)) + " |"
+    sep = "|---" * (len(ds) + 1) + "|"
+    rows = []
+    for l, accs in zip(grid["layers"], grid["acc"]):
+        cells = ["-" if a is None else f"{100 * a:.1f}" for a in accs]
+        rows.append(f"| {l} | " + " | ".join(cells) + " |")
+    return "\n".join([head, sep, *rows])
+
+
+def heatmap(acc: list[list[Optional[float]]], cell: int = 24) -> "Any":
+    """A numpy RGB image [H, W, 3] of the grid (rows = layers, bottom = last): white (0%) to
+    dark blue (100%), grey where there are no pairs. No plotting library needed."""
+    import numpy as np
+
+    grid = np.array([[np.nan if a is None else a for a in row] for row in acc], dtype=float)[::-1]  # deepest on top
+    rows, cols = grid.shape
+    img = np.full((rows * cell, cols * cell, 3), 160, dtype=np.uint8)
+    lo, hi = np.array([255, 255, 255], float), np.array([8, 48, 107], float)
+    for r in range(rows):
+        for c in range(cols):
+            v = grid[r, c]
+            if not math.isnan(v):
+                img[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell] = (lo + (hi - lo) * v).astype(np.uint8)
+    img[::cell, :] = 255  # grid lines
+    img[:, ::cell] = 255
+    return img
+
+
+def write_png(path: str | Path, image) -> None:
+    """Save an [H, W, 3] uint8 array as a PNG with zlib only."""
+    import struct
+    import zlib
+
+    import numpy as np
+
+    img = np.ascontiguousarray(image, dtype=np.uint8)
+    h, w, _ = img.shape
+    raw = b"".join(b"\x00" + img[r].tobytes() for r in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) \
+        + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+    Path(path).write_bytes(png)
+
+
+__all__ = [
+    "VProbe", "TaskProbe", "Backbone", "load_backbone", "random_backbone", "freeze", "expected_trainable",
+    "GroupedAccuracy", "ClassCounts", "distance_table_markdown", "heatmap", "write_png", "BACKBONES", "CONTROLS",
+]
