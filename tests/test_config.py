@@ -108,7 +108,7 @@ def test_config_file_layer_and_round_trip(tmp_path) -> None:
     (["data.context=50"], ["data.context=50", "dropped"]),
     (["data.split=test"], ["data.split='test'", "train"]),
     (["data.preset=huge"], ["data.preset='huge'", "med"]),
-    (["model.block_size=256"], ["model.block_size=256", "data.context"]),
+    (["model.block_size=128"], ["model.block_size=128", "data.context"]),
     (["optim.lr=0"], ["optim.lr=0", "> 0"]),
     (["eval.buckets=[x1]"], ["eval.buckets", "'x1'", "reaskN"]),
     (["eval.buckets=[3,3]"], ["eval.buckets", "twice"]),
