@@ -14,6 +14,7 @@ Multi-node: see scripts/slurm_example.sh (Lightning reads the SLURM environment)
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -21,6 +22,10 @@ from typing import Iterable, Optional
 
 from igsm.cli_config import config_to_dict, config_to_yaml, load_config
 from igsm.config import ConfigError, TrainConfig, accumulation
+
+# CPU: idle OpenMP threads sleep instead of spinning (spinning threads that share 2 cores with a
+# data worker or another job slow training many times over). Before torch loads; the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Keys that may change between a run and its resumption without changing what it computes.
 RESUME_MAY_CHANGE = {"ckpt_path", "config", "print_config", "trainer.max_steps", "trainer.eval_every",
