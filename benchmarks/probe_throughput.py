@@ -5,8 +5,9 @@ side builds those batches (so one can tell whether loader workers keep up).
     python benchmarks/probe_throughput.py                    # GPT2-12-12, med problems, GPT-2 tokens, batch 256, bf16 on CUDA
     python benchmarks/probe_throughput.py --task dep --checkpoint-activations
 
-On CPU, sizes not given on the command line shrink to the tiny setting (3 layers, 192 dims,
-tiny problems, word tokens, batch 32) so the script ends in seconds. Random backbone weights:
+On CPU, sizes not given on the command line shrink to the default CPU setting (the tiny
+train.py model: 2 layers, 128 dims; tiny problems, word tokens, batch 32), so
+the script ends in seconds. Random backbone weights:
 the cost does not depend on them. One (task, backbone) probe; a probe.py step trains
 tasks x backbones of them, so its pairs/s is this number divided by that count.
 """
@@ -32,21 +33,24 @@ from igsm.tokenizer import build_tokenizer  # noqa: E402
 from probing.data import ProbeDataset, PairCollate  # noqa: E402
 from probing.vprobe import VProbe  # noqa: E402
 
-GPU_DEFAULTS = dict(n_layer=12, n_head=12, batch=256, preset="med", tokenizer="gpt2", steps=20, length_chunks=1)
-CPU_DEFAULTS = dict(n_layer=3, n_head=3, batch=32, preset="tiny", tokenizer="word", steps=5, length_chunks=4)
+GPU_DEFAULTS = dict(n_layer=12, n_head=12, n_embd=768, batch=256, preset="med", tokenizer="gpt2", steps=20,
+                    length_chunks=1)
+CPU_DEFAULTS = dict(n_layer=2, n_head=4, n_embd=128, batch=32, preset="tiny", tokenizer="word", steps=10,
+                    length_chunks=1)  # the default train.py model (configs/tiny.yaml) and probe.py run
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n-layer", type=int, help="layers (GPU default 12, CPU 3)")
-    p.add_argument("--n-head", type=int, help="heads; hidden size 64 * heads (GPU default 12, CPU 3)")
+    p.add_argument("--n-layer", type=int, help="layers (GPU default 12, CPU 2)")
+    p.add_argument("--n-head", type=int, help="heads (GPU default 12, CPU 4)")
+    p.add_argument("--n-embd", type=int, help="hidden size (GPU default 768, CPU 128)")
     p.add_argument("--batch", type=int, help="pairs per step (GPU default 256, CPU 32)")
     p.add_argument("--preset", help="generator preset of the problems (GPU default med, CPU tiny)")
     p.add_argument("--tokenizer", help="word or gpt2 (GPU default gpt2, CPU word)")
-    p.add_argument("--steps", type=int, help="timed steps after two warm-up steps (GPU default 20, CPU 5)")
+    p.add_argument("--steps", type=int, help="timed steps after two warm-up steps (GPU default 20, CPU 10)")
     p.add_argument("--task", default="can_next", help="probe task (default can_next: solution prefixes)")
     p.add_argument("--checkpoint-activations", action="store_true", help="recompute the backbone in the backward")
-    p.add_argument("--length-chunks", type=int, help="length-sorted chunks per batch (GPU default 1, CPU 4)")
+    p.add_argument("--length-chunks", type=int, help="length-sorted chunks per batch (default 1)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cpu")
     return p.parse_args()
 
@@ -80,7 +84,7 @@ def main() -> None:
     n_data_pairs = sum(len(b["label"]) for b in batches)
 
     torch.manual_seed(0)
-    gpt = GPT(ModelConfig(n_layer=args.n_layer, n_head=args.n_head, block_size=2048), tok.vocab_size)
+    gpt = GPT(ModelConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=2048), tok.vocab_size)
     module = VProbe(gpt, [args.task], control="none", checkpoint_activations=args.checkpoint_activations,
                     length_chunks=args.length_chunks).to(device)
     module.train()
@@ -112,7 +116,7 @@ def main() -> None:
     sync()
     dt = time.perf_counter() - t0
     mean_len = tokens / max(1, pairs)
-    print(f"backbone GPT2-{args.n_layer}-{args.n_head} (d={gpt.cfg.d_model}), {args.preset} problems, "
+    print(f"backbone {args.n_layer} layers, {args.n_head} heads, d={gpt.cfg.d_model}; {args.preset} problems, "
           f"{args.tokenizer} tokens, task {args.task}, batch {args.batch} (~{pairs / args.steps:.0f} pairs), "
           f"mean input {mean_len:.0f} tokens, device {device.type}"
           + (", activation checkpointing" if args.checkpoint_activations else "")

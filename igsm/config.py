@@ -483,7 +483,7 @@ class ProbeOptions:
     test_problems: int = 512  # test problems per task (about 9.5 distinct pairs each: >= 4,096 pairs)
     num_workers: int = 4  # DataLoader workers per task loader
     checkpoint_activations: bool = True  # recompute backbone passes in the backward (GPU memory)
-    length_chunks: int = 1  # run each batch as this many length-sorted chunks (less padding; CPU)
+    length_chunks: int = 1  # run each batch as this many length-sorted chunks (less padding, more passes)
     analysis: bool = False  # run the error analysis (spec 12) after probing
 
 

@@ -109,3 +109,14 @@ def test_ddp_two_cpu_processes(train_run, tmp_path, repo_root, subprocess_env):
     for task in ("nece", "can_next"):  # test pairs are split across ranks, none repeated, none lost
         assert two["tasks"][task]["n_test_pairs"] == one["tasks"][task]["n_test_pairs"]
         assert two["tasks"][task]["majority"]["class"] in (0, 1)
+
+
+def test_probe_presets():
+    """configs/probe_*.yaml load with the probe schema; med and hard are the paper's recipe."""
+    tiny, med, hard = (probe.load_config(probe.ProbeConfig, [f"preset={p}"]) for p in ("probe_tiny", "probe_med", "probe_hard"))
+    assert tiny.trainer.accelerator == "cpu" and tiny.probe.tasks == ["nece", "dep", "known", "value", "can_next", "nece_next"]
+    for cfg in (med, hard):
+        p = cfg.probe
+        assert (p.lr, p.weight_decay, p.warmup_steps, p.rank, cfg.trainer.max_steps) == (2e-3, 0.01, 0, 8, 100_000)
+        assert p.test_problems * 8 >= 4096  # >= 4,096 test pairs at ~8+ distinct draws per problem
+    assert (med.probe.batch_size, hard.probe.batch_size) == (256, 128)
