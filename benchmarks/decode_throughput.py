@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from _common import device_and_defaults
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
 from igsm.config import ModelConfig  # noqa: E402
@@ -46,13 +48,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if args.device == "auto" else args.device)
-    defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
-    shrunk = [k for k in defaults if getattr(args, k) is None and device.type != "cuda"]
-    for k, v in defaults.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    device, shrunk = device_and_defaults(args, GPU_DEFAULTS, CPU_DEFAULTS)
     dtype = args.dtype if args.dtype != "auto" else ("bf16-autocast" if device.type == "cuda" else "fp32")
 
     cfg = ModelConfig(n_layer=args.n_layer, n_head=args.n_head,

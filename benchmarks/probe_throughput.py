@@ -23,6 +23,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as probe.py: no spinning OpenMP threads on shared cores
 import torch  # noqa: E402
+from _common import device_and_defaults  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
@@ -57,13 +58,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if args.device == "auto" else args.device)
-    defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
-    shrunk = [k for k in defaults if getattr(args, k) is None and device.type != "cuda"]
-    for k, v in defaults.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    device, shrunk = device_and_defaults(args, GPU_DEFAULTS, CPU_DEFAULTS)
     if shrunk:
         print(f"CPU run: shrunk {', '.join(k.replace('_', '-') for k in shrunk)} to the tiny setting "
               "(pass them explicitly to override)")
