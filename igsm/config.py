@@ -149,6 +149,7 @@ EVAL_BUCKETS: dict[str, list[str]] = {
 }
 
 LOSS_ON = ("all", "solution")
+LETTER_LOSS = ("sampled", "uniform")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 # Single-file checkpoint strategies only (igsm.trainer saves checkpoints atomically itself);
 # the largest model of the paper (~300M parameters) fits on one GPU, so DDP is all we need.
@@ -172,6 +173,14 @@ class DataConfig(GeneratorConfig):
     # * num_nodes * trainer.accumulate_grad_batches. When set, the accumulation is derived from it.
     global_batch_size: Optional[int] = 512
     loss_on: str = "all"  # "all" tokens (the paper) or "solution" (solution + answer + eos only)
+    # Target where a solution names a new letter ("Define X as v"): "sampled" = the letter the
+    # generator drew (the paper); "uniform" = the distribution it drew from, uniform over the
+    # problem's unused letters (spec 7). Same expected gradient without the draw's noise: small
+    # models then learn not to reuse a letter, which greedy decoding otherwise exposes.
+    letter_loss: str = "sampled"
+    # No loss on a problem whose beginning lies in an earlier window: the model cannot see its
+    # statements, so its solution tokens are guesses (a quarter of them at context 256 in tiny).
+    whole_problems_only: bool = False
     num_workers: int = 4  # DataLoader worker processes generating problems (0 = in the main process)
     prefetch_batches: int = 4  # batches each worker keeps ready (DataLoader prefetch_factor)
 
@@ -332,6 +341,7 @@ def validate_data(cfg: DataConfig, prefix: str = "data.") -> None:
     _check(cfg.global_batch_size is None or cfg.global_batch_size >= 1, prefix + "global_batch_size",
            cfg.global_batch_size, "null or an integer >= 1")
     _check(cfg.loss_on in LOSS_ON, prefix + "loss_on", cfg.loss_on, f"one of {list(LOSS_ON)}")
+    _check(cfg.letter_loss in LETTER_LOSS, prefix + "letter_loss", cfg.letter_loss, f"one of {list(LETTER_LOSS)}")
     _check(cfg.num_workers >= 0, prefix + "num_workers", cfg.num_workers, "an integer >= 0")
     _check(cfg.prefetch_batches >= 1, prefix + "prefetch_batches", cfg.prefetch_batches, "an integer >= 1")
 

@@ -55,36 +55,72 @@ def training_example(tokenizer: Tokenizer, problem: Problem, loss_on: str) -> tu
     return ids, len(tokenizer.encode_prompt(problem.problem_text)) - 1
 
 
-def pack_windows(
-    examples: Iterator[tuple[list[int], int]], batch_size: int, context: int
-) -> tuple[Tensor, Tensor, int]:
-    """Concatenate examples and cut ``batch_size`` windows of ``context`` tokens.
+def letter_slots(ids: list[int], start: int, define_id: int, letter_ids: list[int]) -> list[tuple[int, int]]:
+    """``(i, used)`` for every token ``i >= start`` that names a new letter (it follows " as"):
+    ``used`` is the bitmask (bit k = letter k of a..zA..Z) of the letters named before it. The
+    generator draws that letter uniformly from the unused ones (spec 7), so ``used`` gives the
+    exact distribution of the target (``data.letter_loss=uniform``)."""
+    index = {t: k for k, t in enumerate(letter_ids)}
+    slots, used = [], 0
+    for i in range(max(start, 1), len(ids)):
+        k = index.get(ids[i])
+        if k is not None and ids[i - 1] == define_id:
+            slots.append((i, used))
+            used |= 1 << k
+    return slots
 
-    Returns inputs [B, T], targets [B, T] (inputs shifted by one: row r covers stream positions
-    rT..rT+T-1 and predicts rT+1..rT+T; IGNORE_INDEX where the target carries no loss) and the
-    number of examples dropped for being longer than the window.
+
+def pack_windows(
+    examples: Iterator[tuple[list[int], int]], batch_size: int, context: int,
+    letters: Optional[tuple[int, list[int]]] = None, whole_problems_only: bool = False,
+) -> dict:
+    """Concatenate examples ``(ids, first_loss)`` and cut ``batch_size`` windows of ``context`` tokens.
+
+    Returns ``inputs`` [B, T], ``targets`` [B, T] (inputs shifted by one: row r covers stream
+    positions rT..rT+T-1 and predicts rT+1..rT+T; IGNORE_INDEX where the target carries no loss),
+    ``dropped``, the number of examples longer than the window, and, when ``letters`` =
+    ``(define_id, letter_ids)`` is given, ``letter_used`` [B, T]: for a target that names a new
+    letter, the bitmask of :func:`letter_slots`, else -1. With ``whole_problems_only`` a target
+    carries no loss when its example began in an earlier window (the model cannot see its start).
     """
     need = batch_size * context + 1
     tokens: list[int] = []
     carries_loss: list[bool] = []
+    used: list[int] = []
+    starts: list[int] = []  # per token: where its example begins in the stream
     dropped = 0
     for ids, first_loss in examples:
         if len(ids) > context:
             dropped += 1
             continue
+        if letters is not None:
+            slot_used = [-1] * len(ids)
+            for i, mask in letter_slots(ids, first_loss, *letters):
+                slot_used[i] = mask
+            used += slot_used
+        starts += [len(tokens)] * len(ids)
         tokens += ids
         carries_loss += [False] * first_loss + [True] * (len(ids) - first_loss)
         if len(tokens) >= need:
             break
     stream = torch.tensor(tokens[:need], dtype=torch.long)  # [B*T + 1]
     keep = torch.tensor(carries_loss[1:need], dtype=torch.bool)  # [B*T], for the targets
-    inputs = stream[:-1].view(batch_size, context)  # [B, T]
-    targets = stream[1:].masked_fill(~keep, IGNORE_INDEX).view(batch_size, context)  # [B, T]
-    return inputs, targets, dropped
+    if whole_problems_only:
+        window_start = torch.arange(batch_size * context) // context * context  # [B*T]
+        keep &= torch.tensor(starts[1:need], dtype=torch.long) >= window_start
+    batch = {
+        "inputs": stream[:-1].view(batch_size, context),  # [B, T]
+        "targets": stream[1:].masked_fill(~keep, IGNORE_INDEX).view(batch_size, context),  # [B, T]
+        "dropped": dropped,
+    }
+    if letters is not None:
+        batch["letter_used"] = torch.tensor(used[1:need], dtype=torch.long).view(batch_size, context)  # [B, T]
+    return batch
 
 
 class PackedBatches(IterableDataset):
-    """Endless packed training batches: ``{"inputs": [B, T], "targets": [B, T], "index": b}``.
+    """Endless packed training batches: ``{"inputs": [B, T], "targets": [B, T], "index": b}``,
+    plus ``"letter_used": [B, T]`` with ``letter_loss="uniform"`` (see :func:`pack_windows`).
 
     Batch ``b`` is a pure function of ``(seed, rank, b)`` (module docstring); ``start_batch`` is
     the first batch index this loader yields (the resume position).
@@ -92,11 +128,15 @@ class PackedBatches(IterableDataset):
 
     def __init__(
         self, gen_cfg: GeneratorConfig, tokenizer: Tokenizer, *, context: int, batch_size: int,
-        loss_on: str, seed: int, rank: int = 0, start_batch: int = 0,
+        loss_on: str, seed: int, rank: int = 0, start_batch: int = 0, letter_loss: str = "sampled",
+        whole_problems_only: bool = False,
     ) -> None:
         self.gen_cfg, self.tokenizer = gen_cfg, tokenizer
         self.context, self.batch_size, self.loss_on = context, batch_size, loss_on
         self.seed, self.rank, self.start_batch = seed, rank, start_batch
+        # letter_loss="uniform" needs to know where letters are named (see pack_windows)
+        self.letters = tokenizer.letter_slot_ids() if letter_loss == "uniform" else None
+        self.whole_problems_only = whole_problems_only
 
     def problem(self, batch_index: int, j: int) -> Optional[Problem]:
         """Problem j of a batch; None in the (rare) case the generator gives up on its draw."""
@@ -114,8 +154,10 @@ class PackedBatches(IterableDataset):
             j += 1
 
     def batch(self, batch_index: int) -> dict:
-        inputs, targets, _ = pack_windows(self.examples(batch_index), self.batch_size, self.context)
-        return {"inputs": inputs, "targets": targets, "index": batch_index}
+        batch = pack_windows(self.examples(batch_index), self.batch_size, self.context, self.letters,
+                             self.whole_problems_only)
+        del batch["dropped"]
+        return {**batch, "index": batch_index}
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -233,7 +275,8 @@ class IGSMDataModule(L.LightningDataModule):
         d = self.data_cfg
         return PackedBatches(
             generator_config(d), self.tokenizer, context=d.context, batch_size=d.batch_size,
-            loss_on=d.loss_on, seed=self.seed, rank=rank, start_batch=start_batch,
+            loss_on=d.loss_on, seed=self.seed, rank=rank, start_batch=start_batch, letter_loss=d.letter_loss,
+            whole_problems_only=d.whole_problems_only,
         )
 
     def eval_dataset(self, rank: int = 0, world_size: int = 1) -> EvalSet:
@@ -260,5 +303,5 @@ class IGSMDataModule(L.LightningDataModule):
 
 __all__ = [
     "IGNORE_INDEX", "IGSMDataModule", "PackedBatches", "EvalSet", "EvalBatch", "build_data_tokenizer",
-    "training_example", "pack_windows",
+    "training_example", "pack_windows", "letter_slots",
 ]

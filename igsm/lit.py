@@ -1,7 +1,9 @@
 """GPTLitModule: the LightningModule around :class:`igsm.model.GPT` (loss, optimizer, schedule,
 logging, evaluation). The network itself is a plain ``nn.Module``; this file stays thin.
 
-Training: next-token cross-entropy on packed windows (targets -100 carry no loss), AdamW
+Training: next-token cross-entropy on packed windows (targets -100 carry no loss; with
+``data.letter_loss=uniform`` the target of a new solution letter is the uniform distribution over
+the problem's unused letters, :func:`uniform_letter_loss`), AdamW
 β = (0.9, 0.98) with weight decay on matmul weights only, linear warm-up then cosine decay to
 ``min_lr_ratio`` × peak, stepped every optimizer step. Logged: ``train/loss``, ``train/grad_norm``,
 ``train/lr/*`` (LearningRateMonitor), ``train/tokens_per_s`` (all ranks together) and
@@ -16,12 +18,14 @@ computed. Logged per bucket (``<bucket>`` is a label such as ``op<=15``, ``op=20
 Rank 0 writes ``eval.json`` into the run folder, a list with one entry per bucket::
 
     {"bucket": "op=20", "split": "test", "op": 20, "reask": false, "n": 4096,
-     "accuracy": 0.91, "answer_accuracy": 0.93, "unnecessary_params_per_correct": 0.01, "step": 100000}
+     "accuracy": 0.91, "answer_accuracy": 0.93, "unnecessary_params_per_correct": 0.01,
+     "errors": {"wrong_arithmetic": 201, "not_ready": 168}, "step": 100000}
 
 ``split`` is the template split the problems come from ("test" unless the bucket says
 ``:train``/``:any``); ``op`` is the forced op (an int) or ``"<=N"`` for a bucket drawn from the
 training distribution with max_op = N; for reask buckets ``op`` is the op before re-asking.
-``unnecessary_params_per_correct`` is null when no solution was correct.
+``unnecessary_params_per_correct`` is null when no solution was correct; ``errors`` counts the wrong
+solutions by the verifier's error kind (igsm.verify.ERROR_KINDS).
 
 The checkpoint's hyper-parameters hold the resolved config and the tokenizer, so
 ``GPTLitModule.load_from_checkpoint(path)`` rebuilds model, tokenizer and evaluation sets.
@@ -48,6 +52,7 @@ from igsm.data import EvalBatch
 from igsm.decode import greedy_decode
 from igsm.model import GPT, GPTOutput
 from igsm.tokenizer import Tokenizer, tokenizer_from_dict
+from igsm.verify import ERROR_KINDS
 
 # Dense bf16 tensor-core peak per GPU (no sparsity), matched against torch.cuda.get_device_name;
 # the first key found in the name wins (so "H100 PCIe" before "H100").
@@ -103,16 +108,23 @@ class EvalScores(Metric):
         super().__init__()
         for name in ("n", "correct", "answer_correct", "unnecessary"):
             self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("errors", default=torch.zeros(len(ERROR_KINDS), dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, n: int, correct: int, answer_correct: int, unnecessary: int) -> None:
-        """``unnecessary``: unnecessary parameters summed over the correct solutions."""
+    def update(self, n: int, correct: int, answer_correct: int, unnecessary: int,
+               errors: Optional[list[str]] = None) -> None:
+        """``unnecessary``: unnecessary parameters summed over the correct solutions; ``errors``:
+        the verifier's error kind of each wrong solution."""
         self.n += n
         self.correct += correct
         self.answer_correct += answer_correct
         self.unnecessary += unnecessary
+        for kind in errors or ():
+            self.errors[ERROR_KINDS.index(kind)] += 1
 
-    def compute(self) -> dict[str, int]:
-        return {k: int(getattr(self, k)) for k in ("n", "correct", "answer_correct", "unnecessary")}
+    def compute(self) -> dict[str, Any]:
+        counts: dict[str, Any] = {k: int(getattr(self, k)) for k in ("n", "correct", "answer_correct", "unnecessary")}
+        counts["errors"] = {kind: int(c) for kind, c in zip(ERROR_KINDS, self.errors.tolist()) if c}
+        return counts
 
 
 def bucket_entry(spec: BucketSpec, counts: dict[str, int], step: int) -> dict:
@@ -127,6 +139,7 @@ def bucket_entry(spec: BucketSpec, counts: dict[str, int], step: int) -> dict:
         "accuracy": correct / n if n else None,
         "answer_accuracy": counts["answer_correct"] / n if n else None,
         "unnecessary_params_per_correct": counts["unnecessary"] / correct if correct else None,
+        "errors": counts.get("errors", {}),
         "step": step,
     }
 
@@ -150,6 +163,7 @@ class GPTLitModule(L.LightningModule):
         self._peak_flops: Optional[float] = None  # set on_fit_start, with _flops_per_token
         self._flops_per_token = 0
         self._examples_logged: set[int] = set()
+        self._letter_ids: Optional[torch.Tensor] = None  # token ids of a..zA..Z (letter_loss=uniform)
 
     # -- forward and loss ------------------------------------------------------------------------
 
@@ -169,9 +183,15 @@ class GPTLitModule(L.LightningModule):
         return state
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        out: GPTOutput = self.train_forward(batch["inputs"], batch["targets"])  # inputs, targets [B, T]
-        self.log("train/loss", out.loss, prog_bar=True)
-        return out.loss
+        if "letter_used" in batch:  # data.letter_loss=uniform
+            logits = self.train_forward(batch["inputs"]).logits  # [B, T, padded_vocab]
+            if self._letter_ids is None:
+                self._letter_ids = torch.tensor(self.tokenizer.letter_slot_ids()[1], device=logits.device)
+            loss = uniform_letter_loss(logits, batch["targets"], batch["letter_used"], self._letter_ids)
+        else:
+            loss = self.train_forward(batch["inputs"], batch["targets"]).loss  # inputs, targets [B, T]
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
 
     # -- optimizer, schedule, clipping -----------------------------------------------------------
 
@@ -251,15 +271,17 @@ class GPTLitModule(L.LightningModule):
 
         generations = self.decode(batch.prompts)
         correct = answer_correct = unnecessary = 0
-        examples = []
+        examples, errors = [], []
         for problem, generated in zip(batch.problems, generations):
             solution, answer = self.tokenizer.parse_generation(generated)
             report = verify_solution(problem, solution, answer)
             correct += report.correct
             answer_correct += report.answer_correct
             unnecessary += len(report.unnecessary_params) if report.correct else 0
+            if not report.correct:
+                errors.append(report.error)
             examples.append((problem, solution, answer, report))
-        self.eval_scores[batch.bucket].update(len(batch), correct, answer_correct, unnecessary)
+        self.eval_scores[batch.bucket].update(len(batch), correct, answer_correct, unnecessary, errors)
         self._log_examples(batch.bucket, examples)
 
     def on_validation_epoch_end(self) -> None:
@@ -293,6 +315,28 @@ class GPTLitModule(L.LightningModule):
                          f"**generated**:\n\n    {solution}\n\n**answer** {answer} (expected {problem.answer}): "
                          f"{verdict}")
         experiment.add_text(f"eval/{self.buckets[bucket].label}/examples", "\n\n---\n\n".join(parts), self.global_step)
+
+
+def uniform_letter_loss(logits: torch.Tensor, targets: torch.Tensor, letter_used: torch.Tensor,
+                        letter_ids: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy where a target that names a new letter (``letter_used >= 0``)
+    is the uniform distribution over the letters not in its bitmask (``data.letter_loss=uniform``).
+
+    logits [B, T, V], targets [B, T] (-100 = no loss), letter_used [B, T] (-1 = not a letter slot),
+    letter_ids [52]. Every other target is the usual one-hot cross-entropy.
+    """
+    flat = logits.reshape(-1, logits.size(-1)).float()  # [N, V]
+    used = letter_used.reshape(-1)  # [N]
+    slot = (used >= 0) & (targets.reshape(-1) != -100)  # [N]
+    onehot_targets = targets.reshape(-1).masked_fill(used >= 0, -100)  # [N]
+    onehot_sum = torch.nn.functional.cross_entropy(flat, onehot_targets, ignore_index=-100, reduction="sum")
+    rows = slot.nonzero().squeeze(1)  # [S]
+    log_p = torch.log_softmax(flat[rows], dim=-1)[:, letter_ids]  # [S, 52]
+    bit = torch.arange(letter_ids.numel(), device=used.device)  # [52]
+    unused = ((used[rows, None] >> bit) & 1) == 0  # [S, 52]
+    uniform_sum = -((log_p * unused).sum(1) / unused.sum(1)).sum()
+    count = (onehot_targets != -100).sum() + rows.numel()
+    return (onehot_sum + uniform_sum) / count.clamp(min=1)
 
 
 def write_json_atomic(path: str, data: Any) -> None:

@@ -32,6 +32,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
+from igsm.render import LETTERS
+
 TOKENIZER_NAMES = ("word", "gpt2")
 
 # The special tokens of the word tokenizer, at ids 0..8 in this order.
@@ -96,6 +98,14 @@ class Tokenizer:
     def encode_prompt(self, problem: str) -> list[int]:
         """The generation prompt: ``[eos, problem marker] + problem + [solution marker]``."""
         return [self.eos_id, self.problem_id] + self._encode_part(problem) + [self.solution_id]
+
+    def letter_slot_ids(self) -> tuple[int, list[int]]:
+        """(id of " as", ids of the 52 letters a..z A..Z as they follow it): in a solution, the
+        token after " as" names a new letter (``Define X as v;``, spec 7)."""
+        ids = self.encode(" as" + "".join(" " + c for c in LETTERS))
+        if len(ids) != 1 + len(LETTERS):
+            raise ValueError(f"{self!r} does not encode ' as' and each letter as one token")
+        return ids[0], ids[1:]
 
     def parse_generation(self, ids: Iterable[int]) -> tuple[str, Optional[str]]:
         """Split the ids generated after the prompt into (solution text, answer text or None).

@@ -33,11 +33,22 @@ def stream(dm: IGSMDataModule, loss_on: str, rank: int = 0, start: int = 0) -> P
 
 def test_pack_windows_concatenates_cuts_and_drops_long_examples() -> None:
     examples = [([1, 2, 3, 4], 2), (list(range(100, 120)), 0), ([5, 6, 7], 1), ([8, 9, 10, 11, 12], 0)]
-    inputs, targets, dropped = pack_windows(iter(examples), batch_size=2, context=5)
+    packed = pack_windows(iter(examples), batch_size=2, context=5)
+    inputs, targets, dropped = packed["inputs"], packed["targets"], packed["dropped"]
     assert dropped == 1  # the 20-token example does not fit a 5-token window
     assert inputs.tolist() == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]
     # targets are the inputs shifted by one across the whole stream; loss only from first_loss on
     assert targets.tolist() == [[IGNORE_INDEX, 3, 4, IGNORE_INDEX, 6], [7, 8, 9, 10, 11]]
+
+
+def test_whole_problems_only_drops_the_loss_of_an_example_cut_by_the_window() -> None:
+    examples = [([1, 2, 3, 4], 0), ([5, 6, 7], 0), ([8, 9, 10, 11, 12], 0)]
+    plain = pack_windows(iter(examples), batch_size=2, context=5)
+    masked = pack_windows(iter(examples), batch_size=2, context=5, whole_problems_only=True)
+    assert torch.equal(plain["inputs"], masked["inputs"])
+    # window 2 starts inside [5, 6, 7]: its target 7 is masked; [8, ...] began inside the window
+    assert plain["targets"].tolist() == [[2, 3, 4, 5, 6], [7, 8, 9, 10, 11]]
+    assert masked["targets"].tolist() == [[2, 3, 4, 5, 6], [IGNORE_INDEX, 8, 9, 10, 11]]
 
 
 @pytest.mark.parametrize("loss_on", ["all", "solution"])
@@ -77,11 +88,48 @@ def test_training_example_loss_starts_at_the_solution(dm: IGSMDataModule) -> Non
 def test_long_problems_are_dropped(dm: IGSMDataModule) -> None:
     ds = stream(dm, "all")
     ds.context = 60  # shorter than many tiny problems
-    inputs, _, dropped = pack_windows(ds.examples(0), 2, 60)
+    packed = pack_windows(ds.examples(0), 2, 60)
+    inputs, dropped = packed["inputs"], packed["dropped"]
     assert dropped > 0
     starts = (inputs.flatten() == dm.tokenizer.problem_id).nonzero().flatten().tolist()
     ends = (inputs.flatten() == dm.tokenizer.eos_id).nonzero().flatten().tolist()
     assert all(e - s < 60 for s, e in zip(starts, ends))
+
+
+@pytest.mark.parametrize("loss_on", ["all", "solution"])
+def test_letter_slots_mark_every_new_letter_with_the_letters_used_before(dm: IGSMDataModule, loss_on: str) -> None:
+    """letter_loss=uniform: each solution letter's target position carries the bitmask of the
+    problem's earlier letters; every other position carries -1."""
+    from igsm.render import LETTERS
+
+    ds = stream(dm, loss_on)
+    ds.letters = dm.tokenizer.letter_slot_ids()
+    batch = ds.batch(0)
+    targets, used = batch["targets"].flatten().tolist(), batch["letter_used"].flatten().tolist()
+    _, letter_ids = ds.letters
+    expected, seen, n_slots = [], 0, 0
+    # rebuild the expectation from the text: the letters of each solution, in order
+    j = 0
+    while len(expected) < len(targets):
+        p = ds.problem(0, j)
+        j += 1
+        ids, _ = training_example(dm.tokenizer, p, loss_on)
+        if len(ids) > CONTEXT:
+            continue
+        letters_in_order = [p.letters[q] for q in p.solution_order]
+        marks = [-1] * len(ids)
+        mask, k = 0, 0
+        for i in range(1, len(ids)):
+            if ids[i - 1] == ds.letters[0] and ids[i] in letter_ids and k < len(letters_in_order):
+                assert dm.tokenizer.decode([ids[i]]).strip() == letters_in_order[k]
+                marks[i] = mask
+                mask |= 1 << LETTERS.index(letters_in_order[k])
+                k += 1
+        assert k == len(letters_in_order)  # every definition was found
+        expected += marks
+    assert used == expected[1 : len(targets) + 1]
+    assert sum(u >= 0 for u in used) > 10
+    assert all(t != IGNORE_INDEX for t, u in zip(targets, used) if u >= 0)  # slots carry loss
 
 
 # -- determinism: ranks, workers, resume -----------------------------------------------------

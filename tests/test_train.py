@@ -18,8 +18,9 @@ import train
 from igsm.cli_config import config_to_dict, load_config
 from igsm.config import TrainConfig
 from igsm.data import IGSMDataModule
-from igsm.lit import GPTLitModule, lr_multiplier, param_groups
+from igsm.lit import GPTLitModule, lr_multiplier, param_groups, uniform_letter_loss
 from igsm.trainer import AtomicCheckpointIO
+from igsm.verify import ERROR_KINDS
 
 # A 2-layer, 32-dim model on tiny data: a step takes milliseconds.
 FAST = [
@@ -86,6 +87,34 @@ def test_no_weight_decay_for_biases_layernorm_embeddings() -> None:
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     n_params = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
     assert n_params == module.model.num_params()
+
+
+def test_uniform_letter_loss_targets_the_unused_letters() -> None:
+    """Without letter slots it is plain cross-entropy; at a slot it is the cross-entropy against
+    the uniform distribution over the letters not yet used, whose minimum puts equal mass on
+    those letters and none on the used ones."""
+    torch.manual_seed(0)
+    V, letter_ids = 64, torch.arange(10, 62)  # 52 letter ids
+    logits = torch.randn(2, 5, V, requires_grad=True)
+    targets = torch.randint(0, V, (2, 5))
+    targets[0, 0] = -100
+    none = torch.full((2, 5), -1)
+    plain = torch.nn.functional.cross_entropy(logits.view(-1, V), targets.view(-1), ignore_index=-100)
+    assert torch.allclose(uniform_letter_loss(logits, targets, none, letter_ids), plain)
+
+    used = none.clone()
+    used[1, 2] = 0b101  # letters 0 and 2 named before this slot
+    loss = uniform_letter_loss(logits, targets, used, letter_ids)
+    log_p = torch.log_softmax(logits[1, 2], -1)[letter_ids]
+    unused = [k for k in range(52) if k not in (0, 2)]
+    slot_term = -log_p[unused].mean()
+    others = torch.nn.functional.cross_entropy(
+        logits.view(-1, V), targets.masked_fill(used >= 0, -100).view(-1), ignore_index=-100, reduction="sum")
+    assert torch.allclose(loss, (others + slot_term) / 9)  # 10 targets, one ignored: 8 one-hot + 1 slot
+    loss.backward()
+    grad = logits.grad[1, 2, letter_ids]
+    assert grad[0] > 0 and grad[2] > 0  # used letters are pushed down
+    assert (grad[unused] < 0).sum() > 0
 
 
 def test_compile_keeps_checkpoint_keys(monkeypatch) -> None:
@@ -234,6 +263,7 @@ def test_eval_metrics_count_verified_solutions(tmp_path, monkeypatch) -> None:
         assert e["accuracy"] == pytest.approx(0.5)  # the 3 oracle answers; the untrained model's are wrong
         assert e["answer_accuracy"] >= 0.5
         assert e["unnecessary_params_per_correct"] == 0.0  # the generator's solutions need every parameter
+        assert sum(e["errors"].values()) == 3 and set(e["errors"]) <= set(ERROR_KINDS)  # one kind per wrong one
     assert json.loads((tmp_path / "eval.json").read_text()) == module.last_eval
     assert trainer.callback_metrics["eval/op=2/accuracy"].item() == pytest.approx(0.5)
 
