@@ -55,7 +55,9 @@ def _generate_chunk(args: tuple) -> list[str]:
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    overrides = {"split": a.split, "fmt": a.format, "reask": a.reask}
+    overrides = {"split": a.split, "reask": a.reask}
+    if a.format is not None:
+        overrides["fmt"] = a.format
     if a.op is not None:
         overrides["op"] = a.op
     if a.world is not None:
@@ -79,7 +81,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
                 lines = _generate_chunk(job)
                 f.write("\n".join(lines) + "\n")
     print(f"wrote {a.n} {a.preset} problems (split={a.split}, op={a.op or 'train distribution'}, "
-          f"format={a.format}, reask={a.reask}, seed={a.seed}) to {a.out}")
+          f"format={cfg.fmt}, reask={a.reask}, seed={a.seed}) to {a.out}")
     return 0
 
 
@@ -217,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--split", choices=["train", "test"], default="train")
     g.add_argument("--op", type=int, default=None, help="force op = N (default: training distribution)")
     g.add_argument("--reask", action="store_true", help="re-draw the question (spec 8)")
-    g.add_argument("--format", choices=["pq", "qp"], default="pq")
+    g.add_argument("--format", choices=["pq", "qp"], default=None, help="default: the preset's (tiny: qp)")
     g.add_argument("--n", type=int, default=1000)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--world", default=None, help="world JSON file (default: the shipped world)")

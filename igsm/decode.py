@@ -9,6 +9,7 @@ relative positions (see :mod:`igsm.model`).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Optional
 
 import torch
 
@@ -26,10 +27,15 @@ def greedy_decode(
     stop_ids: Iterable[int],
     pad_id: int,
     batch_size: int = 256,
+    fresh_letters: Optional[tuple[int, list[int]]] = None,
 ) -> list[list[int]]:
     """Per prompt, in input order: the new token ids up to and including the first stop token
     (or max_new_tokens of them). Runs on the model's device and in its dtype, or in the active
-    autocast dtype; the model is put in eval mode for the call and restored afterwards."""
+    autocast dtype; the model is put in eval mode for the call and restored afterwards.
+
+    ``fresh_letters = (define_id, letter_ids)``: right after ``define_id`` (" as"), the argmax
+    skips the letters this row has already defined (``eval.fresh_letters``; plain greedy when None).
+    """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
     if any(len(p) == 0 for p in prompts):
@@ -44,7 +50,8 @@ def greedy_decode(
     try:
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            generated = _decode_batch(model, [prompts[i] for i in rows], max_new_tokens, stop_ids, pad_id)
+            generated = _decode_batch(model, [prompts[i] for i in rows], max_new_tokens, stop_ids, pad_id,
+                                      fresh_letters)
             for i, tokens in zip(rows, generated):
                 results[i] = tokens
     finally:
@@ -53,7 +60,8 @@ def greedy_decode(
 
 
 def _decode_batch(
-    model: GPT, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int], pad_id: int
+    model: GPT, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int], pad_id: int,
+    fresh_letters: Optional[tuple[int, list[int]]] = None,
 ) -> list[list[int]]:
     """Greedy decoding of one batch; returns each row's tokens cut after its first stop token."""
     device = model.wte.weight.device
@@ -74,9 +82,23 @@ def _decode_batch(
     out = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)  # [B, N]
     stopped = torch.zeros(B, dtype=torch.bool, device=device)  # [B]
 
+    if fresh_letters is not None:
+        define_id, letter_ids = fresh_letters
+        letters = torch.tensor(letter_ids, dtype=torch.long, device=device)
+        defined = torch.zeros(B, model.vocab_size, dtype=torch.bool, device=device)  # [B, vocab]
+        prev = idx[:, -1]  # [B]
+
     logits = model.forward_cached(idx, cache, valid)  # [B, padded_vocab]
     for t in range(max_new_tokens):
-        next_id = logits[:, : model.vocab_size].argmax(dim=-1)  # [B]; never a padding-vocab id
+        scores = logits[:, : model.vocab_size]  # [B, vocab]; never a padding-vocab id
+        if fresh_letters is not None:
+            naming = prev == define_id  # [B]: this token names a new letter
+            scores = scores.masked_fill(defined & naming[:, None], float("-inf"))
+        next_id = scores.argmax(dim=-1)  # [B]
+        if fresh_letters is not None:
+            new_letter = naming & torch.isin(next_id, letters)  # [B]
+            defined[new_letter, next_id[new_letter]] = True
+            prev = next_id
         out[:, t] = next_id
         stopped |= torch.isin(next_id, stop)
         if t == max_new_tokens - 1 or (t % STOP_CHECK_EVERY == STOP_CHECK_EVERY - 1 and stopped.all()):

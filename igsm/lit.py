@@ -261,7 +261,8 @@ class GPTLitModule(L.LightningModule):
             return [[] for _ in prompts]
         t = self.tokenizer
         return greedy_decode(self.model, prompts, max_new_tokens=budget, stop_ids=[t.eos_id], pad_id=t.pad_id,
-                             batch_size=len(prompts))
+                             batch_size=len(prompts),
+                             fresh_letters=t.letter_slot_ids() if self.cfg.eval.fresh_letters else None)
 
     def on_validation_epoch_start(self) -> None:
         self._examples_logged = set()

@@ -51,11 +51,14 @@ def test_whole_problems_only_drops_the_loss_of_an_example_cut_by_the_window() ->
     assert masked["targets"].tolist() == [[2, 3, 4, 5, 6], [IGNORE_INDEX, 8, 9, 10, 11]]
 
 
+@pytest.mark.parametrize("whole_problems_only", [False, True])
 @pytest.mark.parametrize("loss_on", ["all", "solution"])
-def test_packed_batches_invariants(dm: IGSMDataModule, loss_on: str) -> None:
+def test_packed_batches_invariants(dm: IGSMDataModule, loss_on: str, whole_problems_only: bool) -> None:
     tok = dm.tokenizer
+    ds = stream(dm, loss_on)
+    ds.whole_problems_only = whole_problems_only
     for b in range(3):
-        batch = stream(dm, loss_on).batch(b)
+        batch = ds.batch(b)
         inputs, targets = batch["inputs"], batch["targets"]
         assert inputs.shape == targets.shape == (BATCH, CONTEXT) and inputs.dtype == torch.long
         flat_in, flat_tg = inputs.flatten(), targets.flatten()
@@ -64,7 +67,8 @@ def test_packed_batches_invariants(dm: IGSMDataModule, loss_on: str) -> None:
         assert torch.equal(flat_tg[:-1][kept], flat_in[1:][kept])
         assert flat_in[0].item() == tok.problem_id  # every batch starts with a whole problem
         # walk the stream: a target carries loss iff it lies in a solution span (after [SOLUTION],
-        # up to and including [EOS]); with loss_on=all every target does
+        # up to and including [EOS]); with loss_on=all every target does; with whole_problems_only
+        # only where its problem began in the target's window
         in_solution, problem_start = False, None
         for k, (x, y) in enumerate(zip(flat_in.tolist(), flat_tg.tolist())):
             if x == tok.problem_id:
@@ -74,7 +78,11 @@ def test_packed_batches_invariants(dm: IGSMDataModule, loss_on: str) -> None:
             elif x == tok.eos_id:
                 in_solution = False
                 assert k - problem_start + 1 <= CONTEXT  # no problem longer than the window
-            assert (y != IGNORE_INDEX) == (in_solution or loss_on == "all"), (b, k)
+            # target k is token k + 1: its problem began at problem_start unless k + 1 opens a new one
+            start = k + 1 if k + 1 < len(flat_in) and flat_in[k + 1] == tok.problem_id else problem_start
+            visible = start is not None and start >= k // CONTEXT * CONTEXT
+            expected = (in_solution or loss_on == "all") and (visible or not whole_problems_only)
+            assert (y != IGNORE_INDEX) == expected, (b, k)
 
 
 def test_training_example_loss_starts_at_the_solution(dm: IGSMDataModule) -> None:
@@ -103,7 +111,7 @@ def test_letter_slots_mark_every_new_letter_with_the_letters_used_before(dm: IGS
     from igsm.render import LETTERS
 
     ds = stream(dm, loss_on)
-    ds.letters = dm.tokenizer.letter_slot_ids()
+    ds.letters, ds.whole_problems_only = dm.tokenizer.letter_slot_ids(), False
     batch = ds.batch(0)
     targets, used = batch["targets"].flatten().tolist(), batch["letter_used"].flatten().tolist()
     _, letter_ids = ds.letters

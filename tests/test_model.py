@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from igsm.config import ModelConfig
 from igsm.decode import greedy_decode
@@ -300,3 +301,32 @@ def test_decode_restores_training_mode_and_runs_under_bf16_autocast() -> None:
     assert model.training
     assert [len(o) for o in out] == [5, 5]
     assert all(0 <= t < VOCAB for o in out for t in o)
+
+
+class AlternatingModel(nn.Module):
+    """Decodes "D x D x ...": after D its favourite letters are 10 > 11 > 12, else D (id 5)."""
+
+    vocab_size = 16
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(self.vocab_size, 1)
+
+    def new_kv_cache(self, *args, **kwargs):
+        return None
+
+    def forward_cached(self, idx, cache, valid=None):
+        last = idx[:, -1]  # [B]
+        logits = torch.zeros(idx.shape[0], self.vocab_size)
+        logits[:, 5] = torch.where(last == 5, -1.0, 3.0)
+        logits[:, 10:13] = torch.where(last == 5, 1.0, -1.0)[:, None] * torch.tensor([3.0, 2.0, 1.0])
+        return logits
+
+
+def test_fresh_letters_skips_the_letters_a_row_already_defined() -> None:
+    model = AlternatingModel()
+    prompts = [[1, 2], [5]]  # the second row starts right after a D
+    plain = greedy_decode(model, prompts, max_new_tokens=6, stop_ids=[], pad_id=0)
+    assert plain == [[5, 10, 5, 10, 5, 10], [10, 5, 10, 5, 10, 5]]  # greedy repeats letter 10
+    fresh = greedy_decode(model, prompts, max_new_tokens=6, stop_ids=[], pad_id=0, fresh_letters=(5, [10, 11, 12]))
+    assert fresh == [[5, 10, 5, 11, 5, 12], [10, 5, 11, 5, 12, 5]]  # each row its own fresh letters
