@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--split", choices=["train", "test"], default="train")
     g.add_argument("--op", type=int, default=None, help="force op = N (default: training distribution)")
     g.add_argument("--reask", action="store_true", help="re-draw the question (spec 8)")
-    g.add_argument("--format", choices=["pq", "qp"], default=None, help="default: the preset's (tiny: qp)")
+    g.add_argument("--format", choices=["pq", "qp"], default=None, help="default: the preset's (pq)")
     g.add_argument("--n", type=int, default=1000)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--world", default=None, help="world JSON file (default: the shipped world)")

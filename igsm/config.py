@@ -44,11 +44,11 @@ GENERATOR_PRESETS: dict[str, GeneratorConfig] = {
     "hard": GeneratorConfig(max_op=21, max_ip=28),
     # Small enough for a few minutes of CPU training: the shipped world of one-word names (one
     # family), two layers, at most 4 edges and op <= 4, so problems are ~80 word tokens long and
-    # a parameter name is three tokens ("Costco", "'s", "Cereal"). Question first (qp): a small
-    # causal model reads each statement already knowing what is asked (README, "The tiny preset").
+    # a parameter name is three tokens ("Costco", "'s", "Cereal"). op <= 4 rather than 3: more
+    # two-step problems, fewer one-step ones (README, "The tiny preset").
     "tiny": GeneratorConfig(
         max_op=4, max_ip=4, min_layers=2, max_layers=2, min_width=2, max_width=3,
-        world="tiny", families=[0], fmt="qp",
+        world="tiny", families=[0],
     ),
 }
 
