@@ -192,7 +192,7 @@ def test_train_py_end_to_end_writes_run_folder_and_eval_json(repo_root, one_thre
     # the run folder: resolved config (loadable again), run facts, checkpoints, TensorBoard events
     assert load_config(TrainConfig, [f"config={run / 'config.yaml'}"]).trainer.max_steps == 4
     info = json.loads((run / "run_info.json").read_text())
-    assert info["torch"] == torch.__version__ and info["precision"] == "32-true"
+    assert info["torch"] == torch.__version__ and info["precision"] == cfg.trainer.precision == "bf16-mixed"
     assert {p.name for p in (run / "checkpoints").iterdir()} == {"step_0000003.ckpt", "last.ckpt"}
     assert list(run.glob("events.out.tfevents.*"))
     # the checkpoint alone rebuilds model, tokenizer and config (what probing needs)
