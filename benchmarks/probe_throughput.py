@@ -36,7 +36,7 @@ from probing.vprobe import VProbe  # noqa: E402
 
 GPU_DEFAULTS = dict(n_layer=12, n_head=12, n_embd=768, batch=256, preset="med", tokenizer="gpt2", steps=20,
                     length_chunks=1)
-CPU_DEFAULTS = dict(n_layer=2, n_head=4, n_embd=128, batch=32, preset="tiny", tokenizer="word", steps=10,
+CPU_DEFAULTS = dict(n_layer=3, n_head=4, n_embd=128, batch=32, preset="tiny", tokenizer="word", steps=10,
                     length_chunks=1)  # the default train.py model (configs/tiny.yaml) and probe.py run
 
 
