@@ -55,15 +55,14 @@ def training_example(tokenizer: Tokenizer, problem: Problem, loss_on: str) -> tu
     return ids, len(tokenizer.encode_prompt(problem.problem_text)) - 1
 
 
-def letter_slots(ids: list[int], start: int, define_id: int, letter_ids: list[int]) -> list[tuple[int, int]]:
+def letter_slots(ids: list[int], start: int, define_id: int, letter_index: dict[int, int]) -> list[tuple[int, int]]:
     """``(i, used)`` for every token ``i >= start`` that names a new letter (it follows " as"):
-    ``used`` is the bitmask (bit k = letter k of a..zA..Z) of the letters named before it. The
-    generator draws that letter uniformly from the unused ones (spec 7), so ``used`` gives the
-    exact distribution of the target (``data.letter_loss=uniform``)."""
-    index = {t: k for k, t in enumerate(letter_ids)}
+    ``used`` is the bitmask (bit k = letter k of a..zA..Z, ``letter_index``: token id -> k) of the
+    letters named before it. The generator draws that letter uniformly from the unused ones
+    (spec 7), so ``used`` gives the exact distribution of the target (``data.letter_loss=uniform``)."""
     slots, used = [], 0
     for i in range(max(start, 1), len(ids)):
-        k = index.get(ids[i])
+        k = letter_index.get(ids[i])
         if k is not None and ids[i - 1] == define_id:
             slots.append((i, used))
             used |= 1 << k
@@ -72,14 +71,14 @@ def letter_slots(ids: list[int], start: int, define_id: int, letter_ids: list[in
 
 def pack_windows(
     examples: Iterator[tuple[list[int], int]], batch_size: int, context: int,
-    letters: Optional[tuple[int, list[int]]] = None, whole_problems_only: bool = False,
+    letters: Optional[tuple[int, dict[int, int]]] = None, whole_problems_only: bool = False,
 ) -> dict:
     """Concatenate examples ``(ids, first_loss)`` and cut ``batch_size`` windows of ``context`` tokens.
 
     Returns ``inputs`` [B, T], ``targets`` [B, T] (inputs shifted by one: row r covers stream
     positions rT..rT+T-1 and predicts rT+1..rT+T; IGNORE_INDEX where the target carries no loss),
     ``dropped``, the number of examples longer than the window, and, when ``letters`` =
-    ``(define_id, letter_ids)`` is given, ``letter_used`` [B, T]: for a target that names a new
+    ``(define_id, letter_index)`` is given, ``letter_used`` [B, T]: for a target that names a new
     letter, the bitmask of :func:`letter_slots`, else -1. With ``whole_problems_only`` a target
     carries no loss when its example began in an earlier window (the model cannot see its start).
     """
@@ -135,7 +134,10 @@ class PackedBatches(IterableDataset):
         self.context, self.batch_size, self.loss_on = context, batch_size, loss_on
         self.seed, self.rank, self.start_batch = seed, rank, start_batch
         # letter_loss="uniform" needs to know where letters are named (see pack_windows)
-        self.letters = tokenizer.letter_slot_ids() if letter_loss == "uniform" else None
+        self.letters = None
+        if letter_loss == "uniform":
+            define_id, letter_ids = tokenizer.letter_slot_ids()
+            self.letters = (define_id, {t: k for k, t in enumerate(letter_ids)})
         self.whole_problems_only = whole_problems_only
 
     def problem(self, batch_index: int, j: int) -> Optional[Problem]:

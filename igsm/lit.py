@@ -50,7 +50,7 @@ from igsm.cli_config import config_from_dict
 from igsm.config import BucketSpec, TrainConfig, parse_bucket
 from igsm.data import EvalBatch
 from igsm.decode import greedy_decode
-from igsm.model import GPT, GPTOutput
+from igsm.model import GPT
 from igsm.tokenizer import Tokenizer, tokenizer_from_dict
 from igsm.verify import ERROR_KINDS
 

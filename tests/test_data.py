@@ -111,10 +111,10 @@ def test_letter_slots_mark_every_new_letter_with_the_letters_used_before(dm: IGS
     from igsm.render import LETTERS
 
     ds = stream(dm, loss_on)
-    ds.letters, ds.whole_problems_only = dm.tokenizer.letter_slot_ids(), False
+    define_id, letter_ids = dm.tokenizer.letter_slot_ids()
+    ds.letters, ds.whole_problems_only = (define_id, {t: k for k, t in enumerate(letter_ids)}), False
     batch = ds.batch(0)
     targets, used = batch["targets"].flatten().tolist(), batch["letter_used"].flatten().tolist()
-    _, letter_ids = ds.letters
     expected, seen, n_slots = [], 0, 0
     # rebuild the expectation from the text: the letters of each solution, in order
     j = 0
