@@ -218,9 +218,12 @@ def depth_width_groups(runs: list[Run]) -> list[list[Run]]:
 # Figures (matplotlib, Agg)
 # ------------------------------------------------------------------------------------------------
 def _pyplot():
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg", force=False)  # headless; a backend already chosen by the caller is kept
+    if "matplotlib.pyplot" not in sys.modules:  # headless; a caller's pyplot (a notebook) keeps its backend
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt

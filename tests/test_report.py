@@ -172,7 +172,7 @@ def test_sweep_of_two_tiny_runs_end_to_end(repo_root, subprocess_env, tmp_path) 
     env = dict(subprocess_env, OMP_NUM_THREADS="1", PYTHON=sys.executable)
     r = subprocess.run(["bash", str(repo_root / "scripts" / "sweep.sh"), "--log-root", "logs", "--out", "rep",
                         "one_layer.yaml", "two_layers.yaml", "--", *fast],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert r.stdout.count("done   ") == 2 and "figures for 2 runs" in r.stdout
     for stem in ("one_layer", "two_layers"):
