@@ -118,11 +118,16 @@ def find_run_folders(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]
             problems.append(f"{p}: no such folder")
             continue
         here = sorted({f.parent for name in RUN_FILES for f in p.rglob(name)
-                       if "checkpoints" not in f.parent.parts})
+                       if "checkpoints" not in f.parent.parts}, key=_natural)
         if not here:
             problems.append(f"{p}: no run folders (none of {', '.join(RUN_FILES)} below it)")
         found.extend(f for f in here if f not in found)
     return found, problems
+
+
+def _natural(path: Path) -> list:
+    """Sort key: version_10 after version_9 (so the newest version of a run is read last)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
 def load_run(folder: Path) -> Run:
