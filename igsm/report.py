@@ -234,49 +234,76 @@ def _pyplot():
     return plt
 
 
+def up_to_entries(entries: list[dict], split: str) -> list[dict]:
+    """eval.json entries of ``<=N`` buckets (problems of the training distribution up to op N)."""
+    return [dict(e, op=int(e["op"][2:])) for e in entries if isinstance(e.get("op"), str)
+            and e["op"].startswith("<=") and e["op"][2:].isdigit() and not e.get("reask") and e.get("split") == split]
+
+
+# (template split, bucket kind) -> how it is drawn, and what the style legend says
+_STYLES = {
+    ("test", "forced"): dict(marker="o", ls="-", filled=True, text="forced op = N, test templates"),
+    ("train", "forced"): dict(marker="s", ls="--", filled=False, text="forced op = N, training templates"),
+    ("test", "up_to"): dict(marker="D", ls="none", filled=True, text="op ≤ N mix (training distribution), test templates"),
+    ("train", "up_to"): dict(marker="D", ls="none", filled=False, text="op ≤ N mix, training templates"),
+}
+
+
 def accuracy_vs_op_figure(runs: Sequence[tuple[str, list[dict], Optional[int]]], title: str = ""):
     """Full-solution accuracy (%) against op. ``runs``: (label, eval.json entries, training max_op).
 
-    One colour per run; solid lines for test-template buckets, dashed for training-template ones.
-    The background is green up to the training max_op (in distribution) and red beyond it (out of
-    distribution). Returns the Figure, or None when no run has a forced-op bucket.
+    One colour per run (legend "run"); the marker says the kind of bucket (legend "bucket"):
+    circles on solid lines for forced op = N test-template sets, hollow squares on dashed lines for
+    training-template ones, diamonds (unconnected) for ``<=N`` buckets drawn at x = N. Reask
+    buckets are left out. The background is green up to the training max_op (in distribution)
+    and red beyond it (out of distribution). Returns the Figure, or None without any such bucket.
     """
     plt = _pyplot()
-    series = [(label, forced_op_entries(entries, split), max_op, split)
-              for label, entries, max_op in runs for split in ("test", "train")]
+    from matplotlib.lines import Line2D
+
+    series = [(label, pick(entries, split), max_op, (split, kind))
+              for label, entries, max_op in runs
+              for kind, pick in (("forced", forced_op_entries), ("up_to", up_to_entries))
+              for split in ("test", "train")]
     series = [s for s in series if s[1]]
     if not series:
         return None
-    fig, ax = plt.subplots(figsize=(9.5, 4.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(10, 4.8), dpi=100)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colour_of = {label: colours[i % len(colours)] for i, (label, _, _) in enumerate(runs)}
     ops = [e["op"] for _, entries, _, _ in series for e in entries]
-    lo, hi = min(ops) - 0.5, max(ops) + 0.5
     max_ops = sorted({m for _, _, m, _ in series if m is not None})
+    lo, hi = min(ops + max_ops) - 0.5, max(ops + [m + 1 for m in max_ops]) + 0.5
     if len(max_ops) == 1:
         edge = max_ops[0] + 0.5
-        ax.axvspan(min(lo, edge), edge, color="tab:green", alpha=0.08, lw=0)
-        ax.axvspan(edge, max(hi, edge), color="tab:red", alpha=0.08, lw=0)
+        ax.axvspan(lo, edge, color="tab:green", alpha=0.08, lw=0)
+        ax.axvspan(edge, hi, color="tab:red", alpha=0.08, lw=0)
         ax.text(edge - 0.1, 101, f"in distribution (op ≤ {max_ops[0]})", ha="right", va="bottom", fontsize=8,
                 color="darkgreen")
         ax.text(edge + 0.1, 101, "out of distribution", ha="left", va="bottom", fontsize=8, color="darkred")
-    for m in max_ops:  # several training distributions: one boundary line each
+    for m in max_ops:  # the training max_op of the runs (one line each when they differ)
         ax.axvline(m + 0.5, color="grey", ls=":", lw=1)
-    for label, entries, _, split in series:
-        xs = [e["op"] for e in entries]
+    for label, entries, _, style_key in series:
+        style, colour = _STYLES[style_key], colour_of[label]
         ys = [100 * e["accuracy"] if e.get("accuracy") is not None else math.nan for e in entries]
-        test = split == "test"
-        ax.plot(xs, ys, marker="o" if test else "s", ls="-" if test else "--", color=colour_of[label],
-                markerfacecolor=colour_of[label] if test else "white",
-                label=label if test else f"{label} (training templates)")
-    ax.set_xlim(min(lo, (max_ops[0] + 0.5) if max_ops else lo) - 0.2, hi + 0.2)
+        ax.plot([e["op"] for e in entries], ys, marker=style["marker"], ls=style["ls"], color=colour, ms=7,
+                markerfacecolor=colour if style["filled"] else "white")
+    ax.set_xlim(lo, hi)
     ax.set_ylim(-2, 108)
     ax.set_xticks(sorted(set(ops)))
-    ax.set_xlabel("op (operations in the solution; forced op = N test sets)")
+    ax.set_xlabel("op = operations in the solution (diamonds: the op ≤ N buckets, at N)")
     ax.set_ylabel("full-solution accuracy (%)")
     ax.set_title(title or "Accuracy against op (greedy decoding, strict verifier)", fontsize=10, pad=16)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="run", title_fontsize=8)
+    run_handles = [Line2D([], [], color=colour_of[label], lw=2) for label, _, _ in runs]
+    first = ax.legend(run_handles, [label for label, _, _ in runs], fontsize=8, loc="upper left",
+                      bbox_to_anchor=(1.01, 1.0), title="run", title_fontsize=8)
+    ax.add_artist(first)
+    used = [k for k in _STYLES if any(s[3] == k for s in series)]
+    style_handles = [Line2D([], [], color="black", marker=_STYLES[k]["marker"], ls=_STYLES[k]["ls"],
+                            markerfacecolor="black" if _STYLES[k]["filled"] else "white") for k in used]
+    ax.legend(style_handles, [_STYLES[k]["text"] for k in used], fontsize=8, loc="lower left",
+              bbox_to_anchor=(1.01, 0.0), title="bucket", title_fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -121,15 +121,18 @@ def test_report_with_no_readable_run_fails_with_one_line(tmp_path, capsys) -> No
     assert err[-1].startswith("error: no run could be read") and "no run folders" in err[0]
 
 
-def test_accuracy_vs_op_figure_needs_forced_op_buckets() -> None:
+def test_accuracy_vs_op_figure_draws_each_bucket_kind_at_its_op() -> None:
     from igsm.report import accuracy_vs_op_figure
 
-    assert accuracy_vs_op_figure([("r", [e for e in EVAL if not isinstance(e["op"], int) or e["reask"]], 4)]) is None
+    assert accuracy_vs_op_figure([("r", [e for e in EVAL if e["reask"]], 4)]) is None  # reask only: nothing to draw
     fig = accuracy_vs_op_figure([("r", EVAL, 4)])
     ax = fig.axes[0]
-    assert [list(line.get_xdata()) for line in ax.get_lines() if line.get_label() in ("r", "r (training templates)")] \
-        == [[3, 6], [2]]  # test templates: op 3 and 6 (reask and op<=N left out); training templates: op 2
+    drawn = [(line.get_marker(), list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()
+             if line.get_marker() not in (None, "None", "")]
+    # forced op test templates (op 3, 6), forced op training templates (op 2), op<=4 test templates at x = 4
+    assert drawn == [("o", [3, 6], [37.5, 12.5]), ("s", [2], [50.0]), ("D", [4], [25.0])]
     assert ax.get_xlabel().startswith("op") and "accuracy" in ax.get_ylabel()
+    assert [t.get_text() for t in ax.get_legend().get_texts()][-1] == "op ≤ N mix (training distribution), test templates"
 
 
 def read_events(run: Path) -> dict[str, set[str]]:
