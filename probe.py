@@ -84,7 +84,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from igsm.trainer import build_trainer
     from probing.data import ProbeDataModule
     from probing.labels import NUM_CLASSES
-    from probing.vprobe import VProbe, expected_trainable, load_backbone, write_png, heatmap
+    from probing.vprobe import VProbe, expected_trainable, load_backbone
 
     if cfg.trainer.cpu_threads is not None:
         import torch
@@ -135,7 +135,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     nece = results["tasks"].get("nece", {}).get("trained", {}).get("by_distance")
     if nece is not None:
         results["nece_by_distance"] = nece
-        write_png(run_dir / "nece_by_distance.png", heatmap(nece["acc"]))
+        from igsm.report import nece_by_distance_figure, save_figure
+
+        save_figure(nece_by_distance_figure(nece), run_dir / "nece_by_distance.png")
 
     if p.analysis and "trained" in module.backbone_names:
         from probing.analysis import analysis_scalars, run_analysis
@@ -150,6 +152,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         writer.flush()
         results["analysis"] = analysis
     results["time_s"] = round(time.time() - start, 1)
+    from igsm.report_tb import log_probe_figures
+
+    log_probe_figures(trainer.logger.experiment, results, trainer.global_step, config=config_to_dict(cfg))
     (run_dir / "probe.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"run folder: {run_dir}")
     for line in summary_lines(results):

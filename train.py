@@ -109,6 +109,7 @@ def main(argv: Optional[list[str]] = None, extra_callbacks: Iterable = ()) -> in
 
     from igsm.data import IGSMDataModule
     from igsm.lit import GPTLitModule
+    from igsm.report_tb import ReportFigures
     from igsm.trainer import build_trainer
 
     if cfg.trainer.cpu_threads is not None:
@@ -126,7 +127,7 @@ def main(argv: Optional[list[str]] = None, extra_callbacks: Iterable = ()) -> in
         config_yaml=config_to_yaml(cfg),
         extra_info={"accumulate_grad_batches": accumulate, "parameters": module.model.num_params(),
                     "vocab_size": datamodule.tokenizer.vocab_size, "resumed_from": ckpt_file},
-        extra_callbacks=extra_callbacks,
+        extra_callbacks=[ReportFigures(config_to_dict(cfg)), *extra_callbacks],  # TensorBoard figures, hparams
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_file)
     if cfg.eval.final and module.last_eval_step != trainer.global_step:

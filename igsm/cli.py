@@ -1,4 +1,4 @@
-"""``python -m igsm generate | verify | stats`` (design 3.1).
+"""``python -m igsm generate | verify | stats | report`` (design 3.1).
 
 Errors a user can cause (bad flags, unreadable files, bad world files, malformed lines) end the
 program with exit code 2 and one line on stderr, never a traceback.
@@ -211,6 +211,24 @@ def cmd_stats(a: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# report
+# ----------------------------------------------------------------------------------------------
+def cmd_report(a: argparse.Namespace) -> int:
+    from .report import ReportError, write_report
+
+    try:
+        result = write_report(a.run_dirs, a.out)
+    except ReportError as e:
+        raise CLIError(str(e)) from None
+    for line in result["skipped"]:
+        print(line, file=sys.stderr)
+    if not result["runs"]:
+        raise CLIError(f"no run could be read from {' '.join(a.run_dirs)} (see the lines above)")
+    print(f"wrote {result['report']} and {len(result['figures'])} figures for {len(result['runs'])} runs")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m igsm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -234,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stats", help="histograms of op, ip, sentences, token lengths, answers")
     s.add_argument("--in", dest="inp", required=True)
     s.set_defaults(func=cmd_stats)
+    r = sub.add_parser("report", help="report.md and PNG figures from training and probe run folders")
+    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders, or folders holding runs (logs/)")
+    r.add_argument("--out", default="report", help="output folder (default: report/)")
+    r.set_defaults(func=cmd_report)
     return parser
 
 

@@ -1,0 +1,190 @@
+"""``python -m igsm report``, the TensorBoard figures and hparams, and scripts/sweep.sh end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from igsm.cli import main
+from igsm.report import depth_width_groups, load_runs, write_report
+
+PNG = b"\x89PNG"
+
+EVAL = [  # a tiny run's buckets: training max_op 4, so op=6 is out of distribution
+    {"bucket": "train_op=2", "split": "train", "op": 2, "reask": False, "n": 8, "accuracy": 0.5,
+     "answer_accuracy": 0.625, "unnecessary_params_per_correct": 0.25, "errors": {}, "step": 100},
+    {"bucket": "op<=4", "split": "test", "op": "<=4", "reask": False, "n": 8, "accuracy": 0.25,
+     "answer_accuracy": 0.5, "unnecessary_params_per_correct": 0.0, "errors": {}, "step": 100},
+    {"bucket": "op=3", "split": "test", "op": 3, "reask": False, "n": 8, "accuracy": 0.375,
+     "answer_accuracy": 0.5, "unnecessary_params_per_correct": 0.0, "errors": {}, "step": 100},
+    {"bucket": "op=6", "split": "test", "op": 6, "reask": False, "n": 8, "accuracy": 0.125,
+     "answer_accuracy": 0.25, "unnecessary_params_per_correct": None, "errors": {}, "step": 100},
+    {"bucket": "reask_op=4", "split": "test", "op": 4, "reask": True, "n": 8, "accuracy": 0.0,
+     "answer_accuracy": 0.0, "unnecessary_params_per_correct": None, "errors": {}, "step": 100},
+]
+
+
+def train_config(name: str, n_layer: int, n_embd: int, lr: float = 5e-3) -> str:
+    return (f"# igsm_commit: abc\nname: {name}\npreset: tiny\nseed: 0\nlog_root: logs\n"
+            f"model:\n  n_layer: {n_layer}\n  n_head: 4\n  n_embd: {n_embd}\n"
+            f"data:\n  preset: tiny\n  max_op: 4\n  batch_size: 16\n  context: 256\n"
+            f"optim:\n  lr: {lr}\ntrainer:\n  max_steps: 100\n  devices: 1\n")
+
+
+def make_train_run(root: Path, name: str, n_layer: int, n_embd: int, acc_scale: float = 1.0, **kw) -> Path:
+    run = root / name / "version_0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(train_config(name, n_layer, n_embd, **kw))
+    (run / "run_info.json").write_text(json.dumps({"parameters": 1000 * n_layer * n_embd, "world_size": 1,
+                                                   "accumulate_grad_batches": 1}))
+    entries = [dict(e, accuracy=e["accuracy"] * acc_scale) for e in EVAL]
+    (run / "eval.json").write_text(json.dumps(entries))
+    return run
+
+
+def make_probe_run(root: Path) -> Path:
+    run = root / "wide_probe" / "version_0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("name: wide_probe\npreset: probe_tiny\nprobe:\n  rank: 8\n")
+    (run / "run_info.json").write_text(json.dumps({"kind": "probe", "backbone_run": "wide"}))
+    grid = {"layers": [1, 2], "distances": [1, 2, 3], "acc": [[0.9, 0.5, None], [0.95, 0.8, None]], "n": [40, 12, 0]}
+    tasks = {"nece": {"acc": 0.9, "random_init_acc": 0.6, "majority_acc": 0.55, "n_test_pairs": 52},
+             "value": {"acc": 0.6, "random_init_acc": 0.62, "majority_acc": 0.5, "n_test_pairs": 70}}
+    (run / "probe.json").write_text(json.dumps({"backbone": {"run": "wide"}, "probe": {"steps": 20},
+                                                "tasks": tasks, "nece_by_distance": grid}))
+    return run
+
+
+@pytest.fixture
+def runs_root(tmp_path) -> Path:
+    """Two depth-width runs, one run of another lr, a probe run, and four broken folders."""
+    root = tmp_path / "logs"
+    make_train_run(root, "deep", 4, 64)
+    make_train_run(root, "wide", 2, 128, acc_scale=0.5)
+    make_train_run(root, "other_lr", 3, 64, lr=1e-3)
+    make_probe_run(root)
+    unevaluated = root / "running" / "version_0"  # training not evaluated yet
+    unevaluated.mkdir(parents=True)
+    (unevaluated / "config.yaml").write_text(train_config("running", 2, 64))
+    broken = make_train_run(root, "broken", 2, 64)
+    (broken / "eval.json").write_text('[{"bucket": "op=3", "acc')  # killed mid-write
+    partial = make_train_run(root, "partial", 2, 64)
+    (partial / "eval.json").write_text('[{"bucket": "op=3"}]')
+    probing = root / "probing" / "version_0"  # probe run still training
+    probing.mkdir(parents=True)
+    (probing / "config.yaml").write_text("name: probing\nprobe:\n  rank: 8\n")
+    (probing / "run_info.json").write_text(json.dumps({"kind": "probe"}))
+    return root
+
+
+def test_report_writes_tables_and_figures_and_names_each_bad_run(runs_root, tmp_path, capsys) -> None:
+    out = tmp_path / "report"
+    assert main(["report", str(runs_root), str(tmp_path / "missing"), "--out", str(out)]) == 0
+    cap = capsys.readouterr()
+    skipped = cap.err.strip().splitlines()
+    assert len(skipped) == 5, cap.err  # one line per bad run folder and per missing path
+    for needle in ("missing: no such folder", "running/version_0: no eval.json", "broken/version_0: eval.json is not",
+                   "partial/version_0: eval.json entry 0 lacks", "probing/version_0: no probe.json"):
+        assert sum(needle in line for line in skipped) == 1, (needle, skipped)
+    assert "figures for 4 runs" in cap.out
+    md = (out / "report.md").read_text()
+    assert "| deep/version_0 | 256k | 4 × 64 | tiny (max_op 4) | 410k | 100 |" in md  # 100 steps x 16 x 256 tokens
+    assert "| deep/version_0 | op=6 | test | out | 8 | 12.5% | 25.0% | - |" in md
+    assert "| deep/version_0 | train_op=2 | train | in | 8 | 50.0% | 62.5% | 0.25 |" in md
+    assert "| wide_probe/version_0 | wide | nece | 90.0% | 60.0% | 55.0% | +30.0 | 52 |" in md
+    assert "| wide_probe/version_0 | wide | value | 60.0% | 62.0% | 50.0% | -2.0 | 70 |" in md
+    assert "running" not in md.split("Left out:")[1].split("##")[1]  # bad runs appear only in "Left out"
+    pngs = {p.name for p in out.glob("*.png")}
+    assert pngs == {"accuracy_vs_op.png", "probe_wide_probe_version_0.png", "nece_by_distance_wide_probe_version_0.png",
+                    "depth_width_0.png"}
+    for name in pngs:
+        assert (out / name).read_bytes()[:4] == PNG and f"]({name})" in md
+
+
+def test_depth_width_grid_groups_runs_that_differ_only_in_depth_and_width(runs_root) -> None:
+    runs, _ = load_runs([runs_root])
+    groups = depth_width_groups(runs)
+    assert [sorted(r.label for r in g) for g in groups] == [["deep/version_0", "wide/version_0"]]
+    deep = next(r for r in groups[0] if r.n_layer == 4)
+    assert deep.ood_accuracy() == 0.125 and [e["op"] for e in deep.ood_entries()] == [6]
+
+
+def test_report_with_no_readable_run_fails_with_one_line(tmp_path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: no run could be read") and "no run folders" in err[0]
+
+
+def test_accuracy_vs_op_figure_draws_each_bucket_kind_at_its_op() -> None:
+    from igsm.report import accuracy_vs_op_figure
+
+    assert accuracy_vs_op_figure([("r", [e for e in EVAL if e["reask"]], 4)]) is None  # reask only: nothing to draw
+    fig = accuracy_vs_op_figure([("r", EVAL, 4)])
+    ax = fig.axes[0]
+    drawn = [(line.get_marker(), list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()
+             if line.get_marker() not in (None, "None", "")]
+    # forced op test templates (op 3, 6), forced op training templates (op 2), op<=4 test templates at x = 4
+    assert drawn == [("o", [3, 6], [37.5, 12.5]), ("s", [2], [50.0]), ("D", [4], [25.0])]
+    assert ax.get_xlabel().startswith("op") and "accuracy" in ax.get_ylabel()
+    assert [t.get_text() for t in ax.get_legend().get_texts()][-1] == "op ≤ N mix (training distribution), test templates"
+
+
+def read_events(run: Path) -> dict[str, set[str]]:
+    """Tag -> plugin names of every summary in a run folder's TensorBoard event files."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    tags: dict[str, set[str]] = {}
+    for f in run.glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(f)).Load():
+            for value in event.summary.value:
+                tags.setdefault(value.tag, set()).add(value.metadata.plugin_data.plugin_name)
+    return tags
+
+
+def test_probe_figures_and_hparams_reach_tensorboard(tmp_path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from igsm.report_tb import log_probe_figures
+
+    probe_run = make_probe_run(tmp_path)
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    log_probe_figures(writer, json.loads((probe_run / "probe.json").read_text()), step=20,
+                      config={"probe": {"rank": 8, "tasks": ["nece", "value"]}, "ckpt": None})
+    writer.close()
+    tags = read_events(tmp_path / "tb")
+    assert tags["figures/probe_accuracy"] == {"images"} and tags["figures/nece_by_distance"] == {"images"}
+    assert tags["_hparams_/experiment"] == {"hparams"}
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_sweep_of_two_tiny_runs_end_to_end(repo_root, subprocess_env, tmp_path) -> None:
+    """scripts/sweep.sh: two configs that differ in depth, trained one after another, then the
+    report with the depth-width grid; every run's TensorBoard has the figure and the hparams."""
+    (tmp_path / "one_layer.yaml").write_text("model:\n  n_layer: 1\n")
+    (tmp_path / "two_layers.yaml").write_text("model:\n  n_layer: 2\n")
+    fast = ["model.n_head=2", "model.n_embd=32", "model.block_size=256", "data.batch_size=4", "data.num_workers=0",
+            "eval.n=2", "eval.batch_size=2", "eval.max_new_tokens=8", "eval.buckets=[2:train,3,6]",
+            "trainer.max_steps=2", "trainer.accelerator=cpu", "trainer.precision=32-true",
+            "trainer.enable_progress_bar=false"]
+    env = dict(subprocess_env, OMP_NUM_THREADS="1", PYTHON=sys.executable)
+    r = subprocess.run(["bash", str(repo_root / "scripts" / "sweep.sh"), "--log-root", "logs", "--out", "rep",
+                        "one_layer.yaml", "two_layers.yaml", "--", *fast],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert r.stdout.count("done   ") == 2 and "figures for 2 runs" in r.stdout
+    for stem in ("one_layer", "two_layers"):
+        run = tmp_path / "logs" / "sweep" / stem / "version_0"
+        assert json.loads((run / "eval.json").read_text())[0]["step"] == 2
+        tags = read_events(run)
+        assert tags.get("figures/accuracy_vs_op") == {"images"}, sorted(tags)
+        assert tags.get("_hparams_/experiment") == {"hparams"}
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| sweep/one_layer/version_0 |" in md and "1 × 32" in md and "2 × 32" in md
+    assert (tmp_path / "rep" / "depth_width_0.png").read_bytes()[:4] == PNG
+    assert (tmp_path / "rep" / "accuracy_vs_op.png").read_bytes()[:4] == PNG
