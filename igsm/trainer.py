@@ -132,7 +132,7 @@ def build_trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy,
+        strategy=resolve_strategy(cfg),
         precision=resolve_precision(cfg),
         max_steps=cfg.max_steps,
         accumulate_grad_batches=accumulate_grad_batches,
@@ -152,6 +152,20 @@ def build_trainer(
     )
     kwargs.update(trainer_kwargs)
     return L.Trainer(**kwargs)
+
+
+def resolve_strategy(cfg: TrainerConfig):
+    """``trainer.strategy`` as Lightning gets it: the DDP names become a DDPStrategy with
+    ``broadcast_buffers=False``. The model's only buffers are the RoPE tables (constants), and
+    DDP's default broadcasts buffers before every forward: a collective that hangs when one rank
+    runs a forward the others do not (an evaluation with fewer batches than ranks)."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    ddp = {"ddp": {}, "ddp_spawn": {"start_method": "spawn"}, "ddp_fork": {"start_method": "fork"},
+           "ddp_find_unused_parameters_true": {"find_unused_parameters": True}}
+    if cfg.strategy not in ddp:
+        return cfg.strategy
+    return DDPStrategy(broadcast_buffers=False, **ddp[cfg.strategy])
 
 
 def resolve_precision(cfg: TrainerConfig) -> str:
@@ -205,5 +219,5 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["build_trainer", "resolve_precision", "AtomicCheckpointIO", "RunCheckpoint", "RunInfoWriter",
+__all__ = ["build_trainer", "resolve_strategy", "resolve_precision", "AtomicCheckpointIO", "RunCheckpoint", "RunInfoWriter",
            "run_info", "git_commit"]

@@ -89,7 +89,8 @@ class GroupedAccuracy(torchmetrics.Metric):
         positive = label == 1
         masks += [positive & (dist == t) for t in range(1, MAX_DISTANCE + 1)]
         m = torch.stack(masks, dim=1).long()  # [B, G]
-        self.correct += ok @ m  # [H, G]
+        # A sum of products, not ok @ m: CUDA has no integer matmul (addmm_cuda for 'Long').
+        self.correct += (ok[:, :, None] * m[None]).sum(1)  # [H, B, G] -> [H, G]
         self.total += m.sum(0)[None].expand_as(self.total)
 
     def compute(self) -> tuple[Tensor, Tensor]:
