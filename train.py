@@ -104,6 +104,12 @@ def main(argv: Optional[list[str]] = None, extra_callbacks: Iterable = ()) -> in
     if cfg.print_config:
         print(config_to_yaml(cfg), end="")
         return 0
+    if cfg.model.compile:  # a missing C compiler would otherwise fail minutes in, deep in a traceback
+        from igsm.compile_check import compile_error
+
+        if (error := compile_error("model.compile")) is not None:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
 
     import lightning as L
 

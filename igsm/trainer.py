@@ -168,12 +168,16 @@ def resolve_strategy(cfg: TrainerConfig):
     return DDPStrategy(broadcast_buffers=False, **ddp[cfg.strategy])
 
 
+def wants_gpu(cfg: TrainerConfig) -> bool:
+    """Whether the run will be on CUDA GPUs (``trainer.accelerator``, auto = if one is visible)."""
+    return cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+
+
 def resolve_precision(cfg: TrainerConfig) -> str:
     """``trainer.precision``, or when null: bf16-mixed on a GPU, 32-true on CPU."""
     if cfg.precision is not None:
         return cfg.precision
-    wants_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
-    return "bf16-mixed" if wants_gpu else "32-true"
+    return "bf16-mixed" if wants_gpu(cfg) else "32-true"
 
 
 def run_info() -> dict:
@@ -219,5 +223,5 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["build_trainer", "resolve_strategy", "resolve_precision", "AtomicCheckpointIO", "RunCheckpoint", "RunInfoWriter",
+__all__ = ["build_trainer", "resolve_strategy", "resolve_precision", "wants_gpu", "AtomicCheckpointIO", "RunCheckpoint", "RunInfoWriter",
            "run_info", "git_commit"]

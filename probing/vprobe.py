@@ -301,9 +301,11 @@ class VProbe(pl.LightningModule):
         if k <= 1:
             return self._logits(backbone, task, idx, end)
         order = torch.argsort(end)
+        chunks = torch.tensor_split(order, k)
+        # every chunk's length in one device-to-host copy (one sync per call, not one per chunk)
+        lengths = (torch.stack([end[rows].max() for rows in chunks]) + 1).tolist()
         parts = []
-        for rows in torch.tensor_split(order, k):
-            T = int(end[rows].max()) + 1
+        for rows, T in zip(chunks, lengths):
             parts.append(self._logits(backbone, task, idx[rows, :T], end[rows]))
         inverse = torch.argsort(order)
         return [torch.cat([p[h] for p in parts])[inverse] for h in range(len(self.head_layers))]
