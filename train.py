@@ -2,7 +2,7 @@
 
     python train.py                              # tiny preset, CPU, a few minutes, ends with an evaluation
     python train.py preset=med trainer.devices=8 trainer.strategy=ddp   # the paper's iGSM-med recipe
-    python train.py model.n_layer=16 model.n_head=10 data.max_op=21 trainer.max_steps=2000
+    python train.py preset=med model.n_layer=16 model.n_head=10 data.max_op=21 trainer.max_steps=2000
     python train.py print_config=true            # resolved config, then exit
     python train.py ckpt_path=last               # resume the latest run of this name, same folder
     python train.py ckpt_path=logs/tiny/version_0/checkpoints/step_0000500.ckpt

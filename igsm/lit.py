@@ -159,6 +159,7 @@ class GPTLitModule(L.LightningModule):
         self.last_eval: list[dict] = []  # eval.json entries of the latest evaluation
         self.last_eval_step: Optional[int] = None
         self._compiled_forward = None  # built on first use, in the process that trains
+        self._compiled_letter_loss = None  # likewise, for data.letter_loss=uniform
         self._batch_times: deque = deque()
         self._peak_flops: Optional[float] = None  # set on_fit_start, with _flops_per_token
         self._flops_per_token = 0
@@ -177,9 +178,20 @@ class GPTLitModule(L.LightningModule):
             self._compiled_forward = torch.compile(self.model.forward)
         return self._compiled_forward
 
+    @property
+    def letter_loss(self):
+        """:func:`uniform_letter_loss`, compiled when ``model.compile`` is on: fused, the fp32
+        log-softmax over the [B, T, vocab] logits is never materialised (~10 GB at med sizes)."""
+        if not self.cfg.model.compile:
+            return uniform_letter_loss
+        if self._compiled_letter_loss is None:
+            self._compiled_letter_loss = torch.compile(uniform_letter_loss)
+        return self._compiled_letter_loss
+
     def __getstate__(self) -> dict:  # ddp_spawn pickles the module: compiled callables do not travel
         state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
         state["_compiled_forward"] = None
+        state["_compiled_letter_loss"] = None
         return state
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -187,7 +199,7 @@ class GPTLitModule(L.LightningModule):
             logits = self.train_forward(batch["inputs"]).logits  # [B, T, padded_vocab]
             if self._letter_ids is None:
                 self._letter_ids = torch.tensor(self.tokenizer.letter_slot_ids()[1], device=logits.device)
-            loss = uniform_letter_loss(logits, batch["targets"], batch["letter_used"], self._letter_ids)
+            loss = self.letter_loss(logits, batch["targets"], batch["letter_used"], self._letter_ids)
         else:
             loss = self.train_forward(batch["inputs"], batch["targets"]).loss  # inputs, targets [B, T]
         self.log("train/loss", loss, prog_bar=True)
