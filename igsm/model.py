@@ -289,20 +289,22 @@ class GPT(nn.Module):
         the lowest id, e.g. reuse the first letters).
 
         valid [B, T] bool marks real tokens (False = left padding); None = all real.
-        See :func:`cached_attention_mask` for who attends to what. A one-token step attends
-        through a view of the cache's validity row (no mask built per step, see KVCache.span).
+        See :func:`cached_attention_mask` for who attends to what. A one-token step of a real
+        token attends through a view of the cache's additive mask row (no mask built per step,
+        see KVCache.span).
         """
         T = idx.shape[1]
         pos = cache.pos
         if pos + T > cache.max_len:
             raise ValueError(f"KV cache full: {pos} + {T} positions > max_len={cache.max_len}")
         cache.valid[:, pos : pos + T] = True if valid is None else valid
-        if T == 1:  # the step mask's additive form: 0 = attend (see KVCache.span)
-            cache.step_bias[:, pos] = 0.0
+        step = T == 1 and valid is None  # a real query at pos: it attends to exactly the valid keys
+        if step:
+            cache.step_bias[:, pos] = 0.0  # the additive form of valid: 0 = attend
         # Attend over a key span rounded up to CACHE_MULTIPLE: fewer distinct shapes, aligned masks;
         # keys past pos + T are excluded by causality.
         layers = cache.span(min(_round_up(pos + T, CACHE_MULTIPLE), cache.max_len))
-        if T == 1:  # a real query at pos: the valid keys are exactly the real ones at <= pos
+        if step:
             attn_mask = cache.step_mask  # [B, 1, 1, S]
         else:
             attn_mask = cached_attention_mask(cache.valid[:, : cache.span_len], pos, T)  # [B, 1, T, S]
