@@ -46,6 +46,21 @@ def find_checkpoint(cfg: ProbeConfig) -> str:
     return max(candidates)[1]
 
 
+GPU_LENGTH_CHUNKS = 4  # probe.length_chunks=null on a GPU (ProbeOptions)
+
+
+def per_device_sizes(cfg: ProbeConfig) -> tuple[int, int]:
+    """(pairs per task per device per step, length chunks): probe.batch_size is global, split
+    evenly among trainer.devices * trainer.num_nodes; length_chunks null = 4 on GPU, 1 on CPU."""
+    from igsm.trainer import wants_gpu
+
+    world = cfg.trainer.devices * cfg.trainer.num_nodes
+    chunks = cfg.probe.length_chunks
+    if chunks is None:
+        chunks = GPU_LENGTH_CHUNKS if wants_gpu(cfg.trainer) else 1
+    return cfg.probe.batch_size // world, chunks
+
+
 def summary_lines(results: dict) -> list[str]:
     lines = [f"{'task':>10}  {'trained':>8}  {'random':>8}  {'majority':>8}  {'n':>6}"]
     for task, e in results["tasks"].items():
@@ -99,13 +114,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     gen_cfg = generator_config(train_cfg.data)
     p = cfg.probe
     name = cfg.name or f"{train_cfg.name}_probe"
-    datamodule = ProbeDataModule(backbone.tokenizer, gen_cfg, p.tasks, batch_size=p.batch_size, draws=p.draws,
+    device_batch, length_chunks = per_device_sizes(cfg)
+    datamodule = ProbeDataModule(backbone.tokenizer, gen_cfg, p.tasks, batch_size=device_batch, draws=p.draws,
                                  train_problems=p.train_problems, test_problems=p.test_problems, seed=cfg.seed,
                                  num_workers=p.num_workers)
     module = VProbe(backbone.model, p.tasks, rank=p.rank, layers=p.layers, control=p.control, lr=p.lr,
                     weight_decay=p.weight_decay, warmup_steps=p.warmup_steps, betas=tuple(p.betas),
                     v_init_std=p.v_init_std, seed=cfg.seed, checkpoint_activations=p.checkpoint_activations,
-                    length_chunks=p.length_chunks)
+                    length_chunks=length_chunks)
     module.backbone_ckpt = ckpt
     trainer = build_trainer(
         cfg.trainer, name, log_root=cfg.log_root, config_yaml=config_to_yaml(cfg),
@@ -126,7 +142,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                      "vocab_size": bb.vocab_size, "padded_vocab": bb.padded_vocab,
                      "tokenizer": backbone.tokenizer.name},
         "probe": {"rank": p.rank, "layers": p.layers, "control": p.control, "steps": trainer.global_step,
-                  "batch_size": p.batch_size, "devices": trainer.world_size,
+                  "batch_size": p.batch_size, "batch_size_per_device": device_batch, "devices": trainer.world_size,
+                  "length_chunks": length_chunks,
                   "trainable_params_per_probe": {
                       t: expected_trainable(bb.padded_vocab, bb.cfg.d_model, p.rank, NUM_CLASSES[t], len(module.head_layers))
                       for t in p.tasks}},
@@ -144,7 +161,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         device = trainer.strategy.root_device
         module.to(device)
-        analysis = run_analysis(module, backbone.tokenizer, gen_cfg, cfg.analysis, seed=cfg.seed)
+        analysis = run_analysis(module, backbone.tokenizer, gen_cfg, cfg.analysis, seed=cfg.seed,
+                                precision=str(trainer.precision))
         (run_dir / "analysis.json").write_text(json.dumps(analysis, indent=2) + "\n")
         writer = trainer.logger.experiment
         for k, v in analysis_scalars(analysis).items():

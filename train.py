@@ -2,7 +2,7 @@
 
     python train.py                              # tiny preset, CPU, a few minutes, ends with an evaluation
     python train.py preset=med trainer.devices=8 trainer.strategy=ddp   # the paper's iGSM-med recipe
-    python train.py model.n_layer=16 model.n_head=10 data.max_op=21 trainer.max_steps=2000
+    python train.py preset=med model.n_layer=16 model.n_head=10 data.max_op=21 trainer.max_steps=2000
     python train.py print_config=true            # resolved config, then exit
     python train.py ckpt_path=last               # resume the latest run of this name, same folder
     python train.py ckpt_path=logs/tiny/version_0/checkpoints/step_0000500.ckpt
@@ -104,6 +104,12 @@ def main(argv: Optional[list[str]] = None, extra_callbacks: Iterable = ()) -> in
     if cfg.print_config:
         print(config_to_yaml(cfg), end="")
         return 0
+    if cfg.model.compile:  # a missing C compiler would otherwise fail minutes in, deep in a traceback
+        from igsm.compile_check import compile_error
+
+        if (error := compile_error("model.compile")) is not None:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
 
     import lightning as L
 

@@ -1,8 +1,12 @@
 """New tokens per second of batched greedy decoding with the KV cache (design target: >= 100k/s
 for GPT2-12-12 at batch >= 256 on one GPU).
 
-    python benchmarks/decode_throughput.py                      # GPT2-12-12, batch 256, bf16 on CUDA
+    python benchmarks/decode_throughput.py                      # med evaluation's shapes, bf16 on CUDA
     python benchmarks/decode_throughput.py --n-layer 20 --n-head 9 --prompt-len 512
+
+GPU defaults are the med evaluation's shapes (configs/med.yaml, EvalConfig): GPT2-12-12, the GPT-2
+vocabulary (50,260 ids), eval.batch_size 256 prompts of 170-620 tokens (the range of the op = 23
+bucket's prompts; op <= 15 averages 266), eval.max_new_tokens 1,024 new tokens each.
 
 On CPU, sizes not given on the command line shrink to a tiny model so the script ends in seconds.
 Random weights and prompts; the stop id is one the model can never emit, so every row decodes
@@ -27,8 +31,8 @@ from igsm.config import ModelConfig  # noqa: E402
 from igsm.decode import greedy_decode  # noqa: E402
 from igsm.model import GPT  # noqa: E402
 
-GPU_DEFAULTS = dict(n_layer=12, n_head=12, batch=256, prompt_len=256, new_tokens=256)
-CPU_DEFAULTS = dict(n_layer=2, n_head=2, batch=8, prompt_len=32, new_tokens=32)
+GPU_DEFAULTS = dict(n_layer=12, n_head=12, batch=256, prompt_len="170-620", new_tokens=1024, vocab=50260)
+CPU_DEFAULTS = dict(n_layer=2, n_head=2, batch=8, prompt_len="32", new_tokens=32, vocab=2048)
 
 
 def parse_args() -> argparse.Namespace:
@@ -36,9 +40,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--n-layer", type=int, help="layers (GPU default 12, CPU 2)")
     p.add_argument("--n-head", type=int, help="heads; hidden size is 64 * heads (GPU default 12, CPU 2)")
     p.add_argument("--batch", type=int, help="prompts decoded together (GPU default 256, CPU 8)")
-    p.add_argument("--prompt-len", type=int, help="tokens per prompt (GPU default 256, CPU 32)")
-    p.add_argument("--new-tokens", type=int, help="tokens generated per prompt (GPU default 256, CPU 32)")
-    p.add_argument("--vocab", type=int, default=2048, help="vocabulary size (default 2048)")
+    p.add_argument("--prompt-len", help="tokens per prompt, N or MIN-MAX (uniform per prompt; GPU default 170-620, CPU 32)")
+    p.add_argument("--new-tokens", type=int, help="tokens generated per prompt (GPU default 1024, CPU 32)")
+    p.add_argument("--vocab", type=int, help="vocabulary size (GPU default 50260, the GPT-2 tokenizer's; CPU 2048)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16-autocast", "bf16", "fp32"],
                    help="auto = bf16-autocast on CUDA, fp32 on CPU; bf16 casts the weights themselves")
@@ -51,8 +55,9 @@ def main() -> None:
     device, shrunk = device_and_defaults(args, GPU_DEFAULTS, CPU_DEFAULTS)
     dtype = args.dtype if args.dtype != "auto" else ("bf16-autocast" if device.type == "cuda" else "fp32")
 
-    cfg = ModelConfig(n_layer=args.n_layer, n_head=args.n_head,
-                      block_size=max(2048, args.prompt_len + args.new_tokens))
+    lo, _, hi = str(args.prompt_len).partition("-")
+    lo, hi = int(lo), int(hi or lo)
+    cfg = ModelConfig(n_layer=args.n_layer, n_head=args.n_head, block_size=max(2048, hi + args.new_tokens))
     model = GPT(cfg, args.vocab).to(device).eval()
     if dtype == "bf16":
         model = model.to(torch.bfloat16)
@@ -60,7 +65,8 @@ def main() -> None:
                 else contextlib.nullcontext())
 
     g = torch.Generator().manual_seed(0)
-    prompts = torch.randint(0, args.vocab, (args.batch, args.prompt_len), generator=g).tolist()
+    lengths = torch.randint(lo, hi + 1, (args.batch,), generator=g).tolist()
+    prompts = [torch.randint(0, args.vocab, (n,), generator=g).tolist() for n in lengths]
     never = model.padded_vocab  # outside the vocabulary: no row ever stops early
 
     def run() -> list[list[int]]:
@@ -76,7 +82,7 @@ def main() -> None:
         print(f"CPU run: shrunk {', '.join(k.replace('_', '-') for k in shrunk)} to a tiny setting "
               f"(pass them explicitly to override); GPU defaults are {GPU_DEFAULTS}")
     print(f"model GPT2-{cfg.n_layer}-{cfg.n_head} (d={cfg.d_model}, {model.num_params() / 1e6:.1f}M params, "
-          f"vocab {args.vocab}) on {device}, {dtype}; batch {args.batch}, prompt {args.prompt_len}, "
+          f"vocab {args.vocab}) on {device}, {dtype}; batch {args.batch}, prompts of {args.prompt_len} tokens, "
           f"new tokens {args.new_tokens}")
 
     run()  # warm-up: allocator, kernels, autotuning

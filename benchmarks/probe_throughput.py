@@ -33,9 +33,10 @@ from igsm.model import GPT  # noqa: E402
 from igsm.tokenizer import build_tokenizer  # noqa: E402
 from probing.data import ProbeDataset, PairCollate  # noqa: E402
 from probing.vprobe import VProbe  # noqa: E402
+from probe import GPU_LENGTH_CHUNKS  # noqa: E402  (probe.length_chunks=null on a GPU)
 
 GPU_DEFAULTS = dict(n_layer=12, n_head=12, n_embd=768, batch=256, preset="med", tokenizer="gpt2", steps=20,
-                    length_chunks=1)
+                    length_chunks=GPU_LENGTH_CHUNKS)
 CPU_DEFAULTS = dict(n_layer=3, n_head=4, n_embd=128, batch=32, preset="tiny", tokenizer="word", steps=10,
                     length_chunks=1)  # the default train.py model (configs/tiny.yaml) and probe.py run
 
@@ -51,7 +52,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="timed steps after two warm-up steps (GPU default 20, CPU 10)")
     p.add_argument("--task", default="can_next", help="probe task (default can_next: solution prefixes)")
     p.add_argument("--checkpoint-activations", action="store_true", help="recompute the backbone in the backward")
-    p.add_argument("--length-chunks", type=int, help="length-sorted chunks per batch (default 1)")
+    p.add_argument("--length-chunks", type=int, help="length-sorted chunks per batch (default as probe.py: GPU 4, CPU 1)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cpu")
     return p.parse_args()
 

@@ -2,7 +2,8 @@
 the data pipeline's tokens/s, in one run (design 4: >= 45% MFU for GPT2-12-12, ctx 768, bf16, on
 an H100/H200; "the GPU never waits on data").
 
-    python benchmarks/train_throughput.py                 # GPU: GPT2-12-12, ctx 768, bf16, compile
+    python benchmarks/train_throughput.py                 # GPU: configs/med.yaml as train.py runs it
+    python benchmarks/train_throughput.py --preset depth_width/gpt2-20-9
     python benchmarks/train_throughput.py --steps 50 --batch-size 32 --no-compile
 
 Three measurements of the same model on the same synthetic batches (random tokens, so only the
@@ -11,6 +12,9 @@ Trainer that train.py builds (same module, callbacks, logger), and (3) that Trai
 IGSMDataModule (generation in DataLoader workers): if (3) matches (2), the GPU did not wait on
 data. Then the data pipeline alone: tokens/s of one worker (generation + tokenization + packing).
 
+On a GPU the model, micro-batch, context, precision and torch.compile are the preset's own
+(``--preset``, default med: GPT2-12-12, micro-batch 64 x 768, bf16-mixed, compile on), so the
+number is the one train.py gets; only the accumulation is 1 (tokens/s per micro-batch).
 Without a GPU the model shrinks to a tiny size (printed) and compile is off: CPU numbers are only
 good for ratios, and on a shared machine only roughly so.
 """
@@ -132,8 +136,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=30, help="timed optimizer steps")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 10 GPU, 3 CPU)")
-    p.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: 64 GPU, 4 CPU)")
-    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--preset", default="med", help="GPU: the train.py preset measured (default med)")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: the preset's on GPU, 4 CPU)")
+    p.add_argument("--no-compile", action="store_true", help="GPU: eager even if the preset compiles")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers for run (3) (default: the preset's)")
     p.add_argument("--data-batches", type=int, default=None, help="batches for the data pipeline rate")
     p.add_argument("--repeats", type=int, default=None, help="interleaved repetitions, best kept (default: 1 GPU, 2 CPU)")
@@ -142,8 +147,8 @@ def main() -> None:
     on_gpu = torch.cuda.is_available()
     device = torch.device("cuda" if on_gpu else "cpu")
     if on_gpu:
-        overrides = ["preset=med", "model.compile=true", f"data.batch_size={args.batch_size or 64}"]
-        size_note = "GPT2-12-12, context 768, bf16-mixed" + (", torch.compile" if not args.no_compile else "")
+        overrides = [f"preset={args.preset}"] + ([f"data.batch_size={args.batch_size}"] if args.batch_size else [])
+        size_note = f"preset {args.preset}"
     else:
         overrides = ["preset=tiny", "model.n_layer=2", "model.n_head=2", f"data.batch_size={args.batch_size or 4}",
                      "data.num_workers=1", "trainer.accelerator=cpu", "trainer.precision=32-true"]
@@ -161,6 +166,15 @@ def main() -> None:
     if args.workers is not None:
         overrides.append(f"data.num_workers={args.workers}")
     cfg = load_config(TrainConfig, overrides)
+    if on_gpu:
+        m = cfg.model
+        size_note += (f": GPT2-{m.n_layer}-{m.n_head} (d={m.d_model}), context {cfg.data.context}, "
+                      f"{cfg.trainer.precision or 'bf16-mixed'}, " + ("torch.compile" if m.compile else "eager"))
+    if cfg.model.compile:
+        from igsm.compile_check import compile_error
+
+        if (error := compile_error("model.compile")) is not None:
+            sys.exit(f"error: {error}")
     dm = IGSMDataModule(cfg.data, cfg.eval, seed=cfg.seed)
     B, T = cfg.data.batch_size, cfg.data.context
     vocab = dm.tokenizer.vocab_size

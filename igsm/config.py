@@ -488,7 +488,9 @@ class ProbeOptions:
     layers: str = "last"  # "last": one head on the last layer; "all": one head per layer too
     control: str = "both"  # "none": trained backbone only; "random_init": the control only; "both"
     rank: int = 8  # rank of the embedding update U V
-    batch_size: int = 256  # (position, A[, B]) pairs per task per step per device (hard: 128)
+    # (position, A[, B]) pairs per task per step over all devices (hard: 128), split evenly among
+    # them like data.global_batch_size: 8 GPUs each take 1/8 and finish ~8x sooner
+    batch_size: int = 256
     draws: int = 10  # (position, A[, B]) draws per problem per task (repeats dropped)
     lr: float = 2e-3
     weight_decay: float = 0.01
@@ -499,7 +501,10 @@ class ProbeOptions:
     test_problems: int = 512  # test problems per task (about 9.5 distinct pairs each: >= 4,096 pairs)
     num_workers: int = 4  # DataLoader workers per task loader
     checkpoint_activations: bool = True  # recompute backbone passes in the backward (GPU memory)
-    length_chunks: int = 1  # run each batch as this many length-sorted chunks (less padding, more passes)
+    # Run each batch as this many length-sorted chunks, each cut to its longest row (less padding,
+    # more passes). null = auto: 4 on GPU (med rows average 260-340 tokens in batches padded to
+    # 500-790), 1 on CPU (the tiny default's rows are short and alike).
+    length_chunks: Optional[int] = None
     analysis: bool = False  # run the error analysis (spec 12) after probing
 
 
@@ -554,7 +559,11 @@ def validate_probe(cfg: ProbeConfig) -> None:
     _check(p.train_problems >= 0, "probe.train_problems", p.train_problems, "an integer >= 0 (0 = from max_steps)")
     _check(p.test_problems >= 1, "probe.test_problems", p.test_problems, "an integer >= 1")
     _check(p.num_workers >= 0, "probe.num_workers", p.num_workers, "an integer >= 0")
-    _check(p.length_chunks >= 1, "probe.length_chunks", p.length_chunks, "an integer >= 1")
+    _check(p.length_chunks is None or p.length_chunks >= 1, "probe.length_chunks", p.length_chunks,
+           "null (auto: 4 on GPU, 1 on CPU) or an integer >= 1")
+    world = cfg.trainer.devices * cfg.trainer.num_nodes
+    _check(p.batch_size % world == 0, "probe.batch_size", p.batch_size,
+           f"a multiple of trainer.devices * trainer.num_nodes = {world} (the batch is global, split among devices)")
     a = cfg.analysis
     _check(a.n >= 1, "analysis.n", a.n, "an integer >= 1")
     _check(a.reask_op is None or 1 <= a.reask_op <= MAX_OP, "analysis.reask_op", a.reask_op,

@@ -18,7 +18,9 @@ from igsm.model import GPT
 STOP_CHECK_EVERY = 8  # steps between "has every row stopped?" checks; each check syncs the GPU
 
 
-@torch.inference_mode()
+# no_grad, not inference_mode: under inference_mode autocast's weight cache is bypassed, so every
+# step would cast every block's weights to bf16 again (as much memory traffic as the step itself).
+@torch.no_grad()
 def greedy_decode(
     model: GPT,
     prompts: list[list[int]],
@@ -78,13 +80,15 @@ def _decode_batch(
     dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
     # The last generated token is never fed back, so P + max_new_tokens - 1 positions suffice.
     cache = model.new_kv_cache(B, P + max_new_tokens - 1, device=device, dtype=dtype)
-    stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
+    # Membership by table lookup (a gather), not isin or boolean-mask indexing: the step stays
+    # free of host syncs; the only sync is the "all stopped?" check every STOP_CHECK_EVERY steps.
+    is_stop = _id_table(stop_ids, model.vocab_size, device)  # [vocab + 1]
     out = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)  # [B, N]
     stopped = torch.zeros(B, dtype=torch.bool, device=device)  # [B]
 
     if fresh_letters is not None:
         define_id, letter_ids = fresh_letters
-        letters = torch.tensor(letter_ids, dtype=torch.long, device=device)
+        is_letter = _id_table(letter_ids, model.vocab_size, device)  # [vocab + 1]
         defined = torch.zeros(B, model.vocab_size, dtype=torch.bool, device=device)  # [B, vocab]
         prev = idx[:, -1]  # [B]
 
@@ -92,18 +96,18 @@ def _decode_batch(
     for t in range(max_new_tokens):
         scores = logits[:, : model.vocab_size]  # [B, vocab]; never a padding-vocab id
         if fresh_letters is not None:
-            naming = prev == define_id  # [B]: this token names a new letter
-            scores = scores.masked_fill(defined & naming[:, None], float("-inf"))
-        next_id = scores.argmax(dim=-1)  # [B]
+            naming = (prev == define_id)[:, None]  # [B, 1]: this token names a new letter
+            scores = scores.masked_fill(defined & naming, float("-inf"))
+        next_id = scores.argmax(dim=-1, keepdim=True)  # [B, 1]
         if fresh_letters is not None:
-            new_letter = naming & torch.isin(next_id, letters)  # [B]
-            defined[new_letter, next_id[new_letter]] = True
-            prev = next_id
-        out[:, t] = next_id
-        stopped |= torch.isin(next_id, stop)
+            new_letter = naming & is_letter[next_id]  # [B, 1]
+            defined.scatter_(1, next_id, defined.gather(1, next_id) | new_letter)
+            prev = next_id[:, 0]
+        out[:, t : t + 1] = next_id
+        stopped |= is_stop[next_id[:, 0]]
         if t == max_new_tokens - 1 or (t % STOP_CHECK_EVERY == STOP_CHECK_EVERY - 1 and stopped.all()):
             break
-        logits = model.forward_cached(next_id[:, None], cache)  # [B, padded_vocab]
+        logits = model.forward_cached(next_id, cache)  # [B, padded_vocab]
 
     # Rows that stopped keep decoding until the batch does; cut each after its first stop token.
     generated = []
@@ -111,6 +115,14 @@ def _decode_batch(
         cut = next((j + 1 for j, tok in enumerate(row) if tok in stop_ids), len(row))
         generated.append(row[:cut])
     return generated
+
+
+def _id_table(ids: Iterable[int], vocab_size: int, device: torch.device) -> torch.Tensor:
+    """A bool lookup table over token ids [max(vocab_size, max id + 1)]: True at ``ids``."""
+    ids = sorted(set(ids))
+    table = torch.zeros(max([vocab_size, *(i + 1 for i in ids)]), dtype=torch.bool)
+    table[ids] = True
+    return table.to(device)
 
 
 __all__ = ["greedy_decode"]

@@ -159,6 +159,7 @@ class GPTLitModule(L.LightningModule):
         self.last_eval: list[dict] = []  # eval.json entries of the latest evaluation
         self.last_eval_step: Optional[int] = None
         self._compiled_forward = None  # built on first use, in the process that trains
+        self._compiled_letter_loss = None  # likewise, for data.letter_loss=uniform
         self._batch_times: deque = deque()
         self._peak_flops: Optional[float] = None  # set on_fit_start, with _flops_per_token
         self._flops_per_token = 0
@@ -177,9 +178,20 @@ class GPTLitModule(L.LightningModule):
             self._compiled_forward = torch.compile(self.model.forward)
         return self._compiled_forward
 
+    @property
+    def letter_loss(self):
+        """:func:`uniform_letter_loss`, compiled when ``model.compile`` is on: fused, the fp32
+        log-softmax over the [B, T, vocab] logits is never materialised (~10 GB at med sizes)."""
+        if not self.cfg.model.compile:
+            return uniform_letter_loss
+        if self._compiled_letter_loss is None:
+            self._compiled_letter_loss = torch.compile(uniform_letter_loss)
+        return self._compiled_letter_loss
+
     def __getstate__(self) -> dict:  # ddp_spawn pickles the module: compiled callables do not travel
         state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
         state["_compiled_forward"] = None
+        state["_compiled_letter_loss"] = None
         return state
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -187,7 +199,7 @@ class GPTLitModule(L.LightningModule):
             logits = self.train_forward(batch["inputs"]).logits  # [B, T, padded_vocab]
             if self._letter_ids is None:
                 self._letter_ids = torch.tensor(self.tokenizer.letter_slot_ids()[1], device=logits.device)
-            loss = uniform_letter_loss(logits, batch["targets"], batch["letter_used"], self._letter_ids)
+            loss = self.letter_loss(logits, batch["targets"], batch["letter_used"], self._letter_ids)
         else:
             loss = self.train_forward(batch["inputs"], batch["targets"]).loss  # inputs, targets [B, T]
         self.log("train/loss", loss, prog_bar=True)
@@ -235,13 +247,19 @@ class GPTLitModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
         """Tokens/s over the last log_every_n_steps optimizer steps (a window, so one slow step,
-        e.g. the first compiled one, does not dominate), and the MFU that follows."""
+        e.g. the first compiled one, does not dominate), and the MFU that follows.
+
+        Logged only on the batches whose step metrics Lightning writes (the last micro-batch of
+        every log_every_n_steps-th optimizer step): each ``self.log`` of a Python float becomes a
+        tensor on the device, a host-to-device copy that waits for the GPU stream."""
         now = time.perf_counter()
-        window = self.trainer.log_every_n_steps * self.trainer.accumulate_grad_batches
+        trainer = self.trainer
+        window = trainer.log_every_n_steps * trainer.accumulate_grad_batches
         self._batch_times.append((now, batch["inputs"].numel()))
         while len(self._batch_times) > window + 1:
             self._batch_times.popleft()
-        if len(self._batch_times) < 2:
+        stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+        if len(self._batch_times) < 2 or not stepped or trainer.global_step % trainer.log_every_n_steps != 0:
             return
         elapsed = now - self._batch_times[0][0]
         tokens_per_device = sum(n for _, n in list(self._batch_times)[1:]) / elapsed
@@ -325,19 +343,26 @@ def uniform_letter_loss(logits: torch.Tensor, targets: torch.Tensor, letter_used
 
     logits [B, T, V], targets [B, T] (-100 = no loss), letter_used [B, T] (-1 = not a letter slot),
     letter_ids [52]. Every other target is the usual one-hot cross-entropy.
+
+    GPU-friendly: no host sync (every row is scored and the rows are selected with masks, never
+    with ``nonzero``), and one fp32 log-softmax read straight from bf16 logits (its ``dtype``
+    argument: no separate fp32 copy of the logits; autocast leaves it alone).
     """
-    flat = logits.reshape(-1, logits.size(-1)).float()  # [N, V]
+    V = logits.size(-1)
+    log_p = torch.log_softmax(logits.reshape(-1, V), dim=-1, dtype=torch.float32)  # [N, V] fp32
+    flat_targets = targets.reshape(-1)  # [N]
     used = letter_used.reshape(-1)  # [N]
-    slot = (used >= 0) & (targets.reshape(-1) != -100)  # [N]
-    onehot_targets = targets.reshape(-1).masked_fill(used >= 0, -100)  # [N]
-    onehot_sum = torch.nn.functional.cross_entropy(flat, onehot_targets, ignore_index=-100, reduction="sum")
-    rows = slot.nonzero().squeeze(1)  # [S]
-    log_p = torch.log_softmax(flat[rows], dim=-1)[:, letter_ids]  # [S, 52]
+    scored = flat_targets != -100  # [N]
+    slot = (used >= 0) & scored  # [N]: the target names a new letter
+    onehot = (used < 0) & scored  # [N]: the usual one-hot target
+    onehot_nll = -log_p.gather(1, flat_targets.clamp(min=0)[:, None]).squeeze(1)  # [N]
+    letter_log_p = log_p.index_select(1, letter_ids)  # [N, 52]
     bit = torch.arange(letter_ids.numel(), device=used.device)  # [52]
-    unused = ((used[rows, None] >> bit) & 1) == 0  # [S, 52]
-    uniform_sum = -((log_p * unused).sum(1) / unused.sum(1)).sum()
-    count = (onehot_targets != -100).sum() + rows.numel()
-    return (onehot_sum + uniform_sum) / count.clamp(min=1)
+    unused = ((used.clamp(min=0)[:, None] >> bit) & 1) == 0  # [N, 52]
+    uniform_nll = -(letter_log_p * unused).sum(1) / unused.sum(1).clamp(min=1)  # [N]
+    zero = log_p.new_zeros(())
+    total = torch.where(onehot, onehot_nll, zero).sum() + torch.where(slot, uniform_nll, zero).sum()
+    return total / (onehot.sum() + slot.sum()).clamp(min=1)
 
 
 def write_json_atomic(path: str, data: Any) -> None:

@@ -57,7 +57,8 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]  # [..., T, hd/2] each
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    if cos.dtype != x.dtype:  # the decoding cache holds tables already in its dtype: no cast per step
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # [..., T, hd]
 
 
@@ -82,7 +83,7 @@ class CausalSelfAttention(nn.Module):
         x: Tensor,
         cos: Tensor,
         sin: Tensor,
-        kv: Optional[tuple[Tensor, Tensor]] = None,
+        kv: Optional["LayerCache"] = None,
         pos: int = 0,
         attn_mask: Optional[Tensor] = None,
     ) -> Tensor:
@@ -90,14 +91,13 @@ class CausalSelfAttention(nn.Module):
 
         Plain path (kv None): causal attention over x alone. Cached path: k, v of x are written
         into the layer's cache at pos..pos+T-1 and the queries attend to the cached keys allowed
-        by attn_mask [B, 1, T, S] (True = attend), where S is the attended span of the cache.
+        by attn_mask [B, 1, T, S] (True = attend), where S is the attended span of the cache
+        (``kv.k_span``, ``kv.v_span``: views of its first S positions).
         """
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # [B, T, d] each
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
-        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
-        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, H, T, hd]
+        q, k = apply_rope(qkv[:2], cos, sin).unbind(0)  # q and k rotated in one go: [B, H, T, hd] each
+        v = qkv[2]  # [B, H, T, hd]
 
         if kv is None:
             y = F.scaled_dot_product_attention(
@@ -105,12 +105,11 @@ class CausalSelfAttention(nn.Module):
             )  # [B, H, T, hd]
         else:
             assert attn_mask is not None, "the cached path needs an attention mask"
-            k_cache, v_cache = kv  # [B, H, max_len, hd] each
-            k_cache[:, :, pos : pos + T] = k
-            v_cache[:, :, pos : pos + T] = v
-            S = attn_mask.shape[-1]
-            k_all = k_cache[:, :, :S].to(q.dtype)  # [B, H, S, hd]
-            v_all = v_cache[:, :, :S].to(q.dtype)  # [B, H, S, hd]
+            kv.k[:, :, pos : pos + T] = k  # cache [B, H, max_len, hd]
+            kv.v[:, :, pos : pos + T] = v
+            k_all, v_all = kv.k_span, kv.v_span  # [B, H, S, hd]
+            if k_all.dtype != q.dtype:
+                k_all, v_all = k_all.to(q.dtype), v_all.to(q.dtype)
             y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=attn_mask)  # [B, H, T, hd]
 
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # [B, T, d]
@@ -146,7 +145,7 @@ class Block(nn.Module):
         x: Tensor,
         cos: Tensor,
         sin: Tensor,
-        kv: Optional[tuple[Tensor, Tensor]] = None,
+        kv: Optional["LayerCache"] = None,
         pos: int = 0,
         attn_mask: Optional[Tensor] = None,
     ) -> Tensor:
@@ -272,36 +271,61 @@ class GPT(nn.Module):
         if max_len > self.cfg.block_size:
             raise ValueError(f"max_len={max_len} exceeds model.block_size={self.cfg.block_size}")
         p = self.wte.weight
-        return KVCache(
+        cache = KVCache(
             n_layer=self.cfg.n_layer, batch=batch, n_head=self.cfg.n_head,
             max_len=min(_round_up(max_len, CACHE_MULTIPLE), self.cfg.block_size),
             head_dim=self.cfg.d_model // self.cfg.n_head,
             device=device or p.device, dtype=dtype or p.dtype,
         )
+        # RoPE tables cast once per cache (not per step and layer) to the dtype q and k have.
+        cache.rope_cos = self.rope_cos[: cache.max_len].to(cache.k.device, cache.k.dtype)  # [max_len, hd/2]
+        cache.rope_sin = self.rope_sin[: cache.max_len].to(cache.k.device, cache.k.dtype)  # [max_len, hd/2]
+        return cache
 
     def forward_cached(self, idx: Tensor, cache: "KVCache", valid: Optional[Tensor] = None) -> Tensor:
         """Append idx [B, T] at positions cache.pos..cache.pos+T-1; return the logits of the last
-        position [B, padded_vocab] (all decoding needs, and far less memory than [B, T, V]).
+        position [B, padded_vocab] in float32 (all decoding needs, and far less memory than
+        [B, T, V]; float32 so that near-equal logits do not tie in bf16, where argmax would pick
+        the lowest id, e.g. reuse the first letters).
 
         valid [B, T] bool marks real tokens (False = left padding); None = all real.
-        See :func:`cached_attention_mask` for who attends to what.
+        See :func:`cached_attention_mask` for who attends to what. A one-token step of a real
+        token attends through a view of the cache's additive mask row (no mask built per step,
+        see KVCache.span).
         """
         T = idx.shape[1]
         pos = cache.pos
         if pos + T > cache.max_len:
             raise ValueError(f"KV cache full: {pos} + {T} positions > max_len={cache.max_len}")
         cache.valid[:, pos : pos + T] = True if valid is None else valid
+        step = T == 1 and valid is None  # a real query at pos: it attends to exactly the valid keys
+        if step:
+            cache.step_bias[:, pos] = 0.0  # the additive form of valid: 0 = attend
         # Attend over a key span rounded up to CACHE_MULTIPLE: fewer distinct shapes, aligned masks;
         # keys past pos + T are excluded by causality.
-        S = min(_round_up(pos + T, CACHE_MULTIPLE), cache.max_len)
-        attn_mask = cached_attention_mask(cache.valid[:, :S], pos, T)  # [B, 1, T, S]
+        layers = cache.span(min(_round_up(pos + T, CACHE_MULTIPLE), cache.max_len))
+        if step:
+            attn_mask = cache.step_mask  # [B, 1, 1, S]
+        else:
+            attn_mask = cached_attention_mask(cache.valid[:, : cache.span_len], pos, T)  # [B, 1, T, S]
+            cache.step_bias[:, pos : pos + T].masked_fill_(cache.valid[:, pos : pos + T], 0.0)
 
-        cos, sin = self.rope_cos[pos : pos + T], self.rope_sin[pos : pos + T]  # [T, hd/2]
+        cos, sin = cache.rope_cos[pos : pos + T], cache.rope_sin[pos : pos + T]  # [T, hd/2]
         x = self.wte(idx)  # [B, T, d]
-        for layer, block in enumerate(self.blocks):
-            x = block(x, cos, sin, (cache.k[layer], cache.v[layer]), pos, attn_mask)  # [B, T, d]
+        for block, kv in zip(self.blocks, layers):
+            x = block(x, cos, sin, kv, pos, attn_mask)  # [B, T, d]
         cache.pos = pos + T
-        return self.lm_head(self.ln_f(x[:, -1]))  # [B, padded_vocab]
+        return self.last_logits(x[:, -1])  # [B, padded_vocab]
+
+    def last_logits(self, h: Tensor) -> Tensor:
+        """Logits of one position per row, h [B, d] -> [B, padded_vocab], in float32 (or wider)
+        whatever the autocast or weight dtype: a bf16 row would round near-equal logits to ties."""
+        dtype = torch.promote_types(h.dtype, torch.float32)
+        ln = self.ln_f
+        with torch.autocast(h.device.type, enabled=False):
+            h = F.layer_norm(h.to(dtype), ln.normalized_shape, ln.weight.to(dtype),
+                             None if ln.bias is None else ln.bias.to(dtype), ln.eps)  # [B, d]
+            return F.linear(h, self.lm_head.weight.to(dtype))  # [B, padded_vocab]
 
     # -- size and cost ------------------------------------------------------------------------
 
@@ -341,11 +365,22 @@ def cached_attention_mask(key_valid: Tensor, pos: int, T: int) -> Tensor:
     return (causal[None] & allowed)[:, None]  # [B, 1, T, S]
 
 
+class LayerCache(NamedTuple):
+    """One layer's share of a KVCache: the full buffers and views of the attended span."""
+
+    k: Tensor  # [B, H, max_len, hd]
+    v: Tensor  # [B, H, max_len, hd]
+    k_span: Tensor  # [B, H, S, hd], a view of k
+    v_span: Tensor  # [B, H, S, hd], a view of v
+
+
 class KVCache:
     """Preallocated keys and values for all layers: static shapes, no torch.cat while decoding.
 
     k, v: [n_layer, B, H, max_len, head_dim]; valid: [B, max_len] bool (False = padding or not
-    yet written); pos: how many positions are filled (the next write goes there).
+    yet written); pos: how many positions are filled (the next write goes there). The per-layer
+    views of the attended span and the one-token step mask (a view of ``step_bias``, the additive
+    form of ``valid``) are built once per CACHE_MULTIPLE positions by :meth:`span`, not per step.
     """
 
     def __init__(
@@ -356,12 +391,29 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.valid = torch.zeros(batch, max_len, device=device, dtype=torch.bool)
+        # valid as an additive attention bias (0 = attend, -inf = not): SDPA takes it as is,
+        # where a bool mask would be converted (three ops) in every layer of every step.
+        self.step_bias = torch.full((batch, max_len), float("-inf"), device=device, dtype=dtype)
         self.max_len = max_len
         self.pos = 0
+        self.rope_cos: Optional[Tensor] = None  # [max_len, hd/2], set by GPT.new_kv_cache
+        self.rope_sin: Optional[Tensor] = None
+        self.span_len = 0
+        self._layers: list[LayerCache] = []
+        self.step_mask: Optional[Tensor] = None  # [B, 1, 1, S] view of step_bias
+
+    def span(self, S: int) -> list[LayerCache]:
+        """Per layer, the buffers and views of the first S positions (rebuilt when S changes)."""
+        if S != self.span_len:
+            self.span_len = S
+            layers = [(self.k[i], self.v[i]) for i in range(self.k.shape[0])]  # single views, writable
+            self._layers = [LayerCache(k, v, k[:, :, :S], v[:, :, :S]) for k, v in layers]
+            self.step_mask = self.step_bias[:, None, None, :S]  # [B, 1, 1, S], a view: follows step_bias
+        return self._layers
 
 
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-__all__ = ["GPT", "GPTOutput", "KVCache", "build_rope_cache", "apply_rope", "cached_attention_mask"]
+__all__ = ["GPT", "GPTOutput", "KVCache", "LayerCache", "build_rope_cache", "apply_rope", "cached_attention_mask"]

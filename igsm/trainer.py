@@ -132,7 +132,7 @@ def build_trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy,
+        strategy=resolve_strategy(cfg),
         precision=resolve_precision(cfg),
         max_steps=cfg.max_steps,
         accumulate_grad_batches=accumulate_grad_batches,
@@ -154,12 +154,30 @@ def build_trainer(
     return L.Trainer(**kwargs)
 
 
+def resolve_strategy(cfg: TrainerConfig):
+    """``trainer.strategy`` as Lightning gets it: the DDP names become a DDPStrategy with
+    ``broadcast_buffers=False``. The model's only buffers are the RoPE tables (constants), and
+    DDP's default broadcasts buffers before every forward: a collective that hangs when one rank
+    runs a forward the others do not (an evaluation with fewer batches than ranks)."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    ddp = {"ddp": {}, "ddp_spawn": {"start_method": "spawn"}, "ddp_fork": {"start_method": "fork"},
+           "ddp_find_unused_parameters_true": {"find_unused_parameters": True}}
+    if cfg.strategy not in ddp:
+        return cfg.strategy
+    return DDPStrategy(broadcast_buffers=False, **ddp[cfg.strategy])
+
+
+def wants_gpu(cfg: TrainerConfig) -> bool:
+    """Whether the run will be on CUDA GPUs (``trainer.accelerator``, auto = if one is visible)."""
+    return cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+
+
 def resolve_precision(cfg: TrainerConfig) -> str:
     """``trainer.precision``, or when null: bf16-mixed on a GPU, 32-true on CPU."""
     if cfg.precision is not None:
         return cfg.precision
-    wants_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
-    return "bf16-mixed" if wants_gpu else "32-true"
+    return "bf16-mixed" if wants_gpu(cfg) else "32-true"
 
 
 def run_info() -> dict:
@@ -205,5 +223,5 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["build_trainer", "resolve_precision", "AtomicCheckpointIO", "RunCheckpoint", "RunInfoWriter",
+__all__ = ["build_trainer", "resolve_strategy", "resolve_precision", "wants_gpu", "AtomicCheckpointIO", "RunCheckpoint", "RunInfoWriter",
            "run_info", "git_commit"]

@@ -89,7 +89,8 @@ class GroupedAccuracy(torchmetrics.Metric):
         positive = label == 1
         masks += [positive & (dist == t) for t in range(1, MAX_DISTANCE + 1)]
         m = torch.stack(masks, dim=1).long()  # [B, G]
-        self.correct += ok @ m  # [H, G]
+        # A sum of products, not ok @ m: CUDA has no integer matmul (addmm_cuda for 'Long').
+        self.correct += (ok[:, :, None] * m[None]).sum(1)  # [H, B, G] -> [H, G]
         self.total += m.sum(0)[None].expand_as(self.total)
 
     def compute(self) -> tuple[Tensor, Tensor]:
@@ -300,9 +301,11 @@ class VProbe(pl.LightningModule):
         if k <= 1:
             return self._logits(backbone, task, idx, end)
         order = torch.argsort(end)
+        chunks = torch.tensor_split(order, k)
+        # every chunk's length in one device-to-host copy (one sync per call, not one per chunk)
+        lengths = (torch.stack([end[rows].max() for rows in chunks]) + 1).tolist()
         parts = []
-        for rows in torch.tensor_split(order, k):
-            T = int(end[rows].max()) + 1
+        for rows, T in zip(chunks, lengths):
             parts.append(self._logits(backbone, task, idx[rows, :T], end[rows]))
         inverse = torch.argsort(order)
         return [torch.cat([p[h] for p in parts])[inverse] for h in range(len(self.head_layers))]

@@ -4,8 +4,9 @@
 # Lightning detects SLURM by itself (SLURMEnvironment): rank, local rank, world size and the master
 # address come from SLURM's variables, so
 #   - start ONE task per GPU with srun (not torchrun, not python alone): --ntasks-per-node = GPUs;
-#   - trainer.devices must equal --ntasks-per-node and trainer.num_nodes must equal --nodes
-#     (the global batch of 512 is kept: the accumulation follows from data.global_batch_size);
+#   - trainer.devices must equal --ntasks-per-node and trainer.num_nodes must equal --nodes;
+#   - the global batch of 512 is kept (data.global_batch_size): 16 GPUs x data.batch_size 32 = 512,
+#     so no accumulation (med.yaml's per-device 64 would make 1,024 > 512, which the config check rejects);
 #   - every task runs train.py with the same arguments; rank 0 writes logs/<name>/version_N/.
 #
 # Time limits: --signal=SIGUSR1@180 makes SLURM warn 3 minutes before the limit; Lightning then
@@ -29,7 +30,7 @@ set -euo pipefail
 cd "${SLURM_SUBMIT_DIR}"               # the repository root: configs/ and logs/ are found from here
 
 NAME=med
-ARGS=(preset=med "name=${NAME}" trainer.devices=8 trainer.num_nodes=2 trainer.strategy=ddp)
+ARGS=(preset=med "name=${NAME}" trainer.devices=8 trainer.num_nodes=2 trainer.strategy=ddp data.batch_size=32)
 
 # Resume when this name already has a checkpoint (a requeued or resubmitted job), else start.
 if compgen -G "logs/${NAME}/version_*/checkpoints/last.ckpt" > /dev/null \
