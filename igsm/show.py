@@ -204,12 +204,17 @@ def draw_dependency(ax, problem: Problem) -> None:
         start = _clip_to_box(pos[q], pos[p], w, h)
         end = _clip_to_box(pos[p], pos[q], w, h)
         used = p in necessary
-        # Bend edges that skip a column so they pass around the boxes between (more on one row).
-        rad = 0.0 if pos[p][0] - pos[q][0] <= 1 else (-0.35 if pos[p][1] == pos[q][1] else -0.12)
+        # Bend edges that skip a column so they pass around the boxes between. On one row the arc
+        # joins the tops of the two boxes and rises about half a row (rad x length / 2).
+        span = pos[p][0] - pos[q][0]
+        rad = 0.0 if span <= 1 else -0.12
+        if span > 1 and pos[p][1] == pos[q][1]:
+            start, end = (pos[q][0], pos[q][1] + h / 2), (pos[p][0], pos[p][1] + h / 2)
+            rad = -0.3 / span
         ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=9, shrinkA=0, shrinkB=0,
                                      connectionstyle=f"arc3,rad={rad}",
                                      color="#333333" if used else "#a0a0a0", linewidth=1.1 if used else 0.7,
-                                     zorder=2))
+                                     zorder=2, clip_on=False))
     for p, xy in pos.items():
         eq = problem.equations[p]
         value = f"= {problem.values[p]}"
