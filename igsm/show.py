@@ -193,7 +193,8 @@ def draw_structure(ax, problem: Problem) -> None:
     ax.axis("off")
 
 
-def draw_dependency(ax, problem: Problem) -> None:
+def draw_dependency(ax, problem: Problem, min_columns: float = 0.0) -> None:
+    """``min_columns``: the panel's width in columns, so boxes keep their shape in a wide figure."""
     from matplotlib.patches import FancyArrowPatch, Patch
 
     pos = dependency_layout(problem)
@@ -229,7 +230,7 @@ def draw_dependency(ax, problem: Problem) -> None:
              ls="--" if p.kind == ABS else "-", fontsize=6.3, weight="bold" if question else "normal")
     xs = [x for x, _ in pos.values()]
     ys = [y for _, y in pos.values()]
-    ax.set_xlim(min(xs) - 0.55, max(xs) + 0.55)
+    ax.set_xlim(min(xs) - 0.55, max(max(xs) + 0.55, min(xs) - 0.55 + min_columns))
     ax.set_ylim(min(ys) - 0.5, max(ys) + 0.9)  # room for the arcs above the top row
     ax.set_title("Dependency graph: arrows from inputs to the parameter they define", fontsize=9.5, loc="left")
     handles = [Patch(facecolor=NECESSARY_FILL, edgecolor="#333333", label="necessary"),
@@ -270,7 +271,8 @@ def draw_problem(shown: ShownProblem):
     rows = 1 + max(y for _, y in pos.values()) - min(y for _, y in pos.values())
     struct_w = 1.7 * max(len(layer) for layer in p.names) + 1.6
     text_w = 7.2
-    width = max(struct_w + text_w, 1.45 * columns + 0.4)
+    inches_per_column = 1.45
+    width = max(struct_w + text_w, inches_per_column * columns + 0.4)
     text_h = 0.16 * (len(_text_lines(shown)) + 1)
     top_h = max(0.8 * p.d + 0.4, text_h)
     dep_h = max(2.5, 0.92 * rows + 0.7)
@@ -279,7 +281,7 @@ def draw_problem(shown: ShownProblem):
     grid = fig.add_gridspec(2, 2, width_ratios=[struct_w, width - struct_w], height_ratios=[top_h, dep_h])
     draw_structure(fig.add_subplot(grid[0, 0]), p)
     draw_text(fig.add_subplot(grid[0, 1]), shown)
-    draw_dependency(fig.add_subplot(grid[1, :]), p)
+    draw_dependency(fig.add_subplot(grid[1, :]), p, min_columns=(width - 0.4) / inches_per_column)
     fig.suptitle(shown.title, fontsize=11, x=0.01, ha="left")
     return fig
 
