@@ -35,7 +35,7 @@ class CLIError(Exception):
 # generate
 # ----------------------------------------------------------------------------------------------
 def problem_record(p: Problem, index: int, split: str) -> dict:
-    """One exported JSONL object (fields documented in README, design 3.1)."""
+    """One exported JSONL object (fields documented in docs/dataset.md, design 3.1)."""
     return {
         "id": index,
         "problem": p.problem_text,
