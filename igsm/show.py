@@ -68,7 +68,10 @@ def formula(problem: Problem, p: Param) -> str:
 def describe(shown: ShownProblem, width: int = 100) -> str:
     """The problem, its solution, and both graphs as plain text (``show`` without ``--out``)."""
     p = shown.problem
-    wrap = lambda s, indent="  ": textwrap.fill(s, width, initial_indent=indent, subsequent_indent=indent)  # noqa: E731
+
+    def wrap(text: str) -> str:
+        return textwrap.fill(text, width, initial_indent="  ", subsequent_indent="  ")
+
     lines = [shown.title, "", "Problem:", wrap(shown.problem_text), "", "Solution:"]
     lines += [wrap(s) for s in solution_sentences(shown.solution)]
     lines += [f"Answer: {shown.answer}", ""]
@@ -170,7 +173,7 @@ def draw_structure(ax, problem: Problem) -> None:
     pos = structure_layout(problem)
     widest = max(len(layer) for layer in problem.names)
     necessary = problem.necessary
-    w, h = 0.85 * widest / max(widest, 1), 0.34
+    w, h = 0.85, 0.34  # items sit at least 1 apart (structure_layout)
     for i, layer in enumerate(problem.children):
         for j, kids in enumerate(layer):
             for k in kids:
