@@ -347,7 +347,7 @@ def add_show_parser(sub) -> None:
     w.add_argument("--op", type=int, default=None, help="force op = N (default: training distribution)")
     w.add_argument("--format", choices=["pq", "qp"], default=None, help="default: the preset's (pq)")
     w.add_argument("--world", default=None, help="world JSON file (default: the shipped world)")
-    w.add_argument("--in", dest="inp", default=None, help="show a record of this JSONL file (-: standard input)")
+    w.add_argument("--in", dest="inp", metavar="FILE", default=None, help="show a record of this JSONL file (-: standard input)")
     w.add_argument("--index", type=int, default=0, help="which record of --in, or which problem of the stream (0-based)")
     w.add_argument("--out", default=None, help="figure file: .png, .svg or .pdf (-: PNG on standard output); "
                                                "default: print text")
@@ -371,12 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default="-", help="JSONL file (default, or -: standard output)")
     g.set_defaults(func=cmd_generate)
     v = sub.add_parser("verify", help="grade solutions in a JSONL file")
-    v.add_argument("--in", dest="inp", required=True, help="JSONL file (-: standard input)")
+    v.add_argument("--in", dest="inp", metavar="FILE", required=True, help="JSONL file (-: standard input)")
     v.add_argument("--world", default=None)
     v.add_argument("--out", default=None, help="per-line report (JSONL; -: standard output)")
     v.set_defaults(func=cmd_verify)
     s = sub.add_parser("stats", help="histograms of op, ip, sentences, token lengths, answers")
-    s.add_argument("--in", dest="inp", required=True, help="JSONL file (-: standard input)")
+    s.add_argument("--in", dest="inp", metavar="FILE", required=True, help="JSONL file (-: standard input)")
     s.set_defaults(func=cmd_stats)
     add_show_parser(sub)
     return parser
