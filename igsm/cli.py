@@ -320,7 +320,8 @@ def _shown_record(a: argparse.Namespace, n: int, obj: dict):
 
     for key in ("problem", "solution"):
         if not isinstance(obj.get(key), str):
-            raise CLIError(f"{_where_in(a.inp)} line {n}: field {key!r} must be a string, got {type(obj.get(key)).__name__}")
+            raise CLIError(f"{_where_in(a.inp)} line {n}: field {key!r} must be a string, "
+                           f"got {type(obj.get(key)).__name__}")
     if isinstance(obj.get("graph"), dict):
         try:
             p = Problem.from_graph_json(obj["graph"])
@@ -347,8 +348,10 @@ def add_show_parser(sub) -> None:
     w.add_argument("--op", type=int, default=None, help="force op = N (default: training distribution)")
     w.add_argument("--format", choices=["pq", "qp"], default=None, help="default: the preset's (pq)")
     w.add_argument("--world", default=None, help="world JSON file (default: the shipped world)")
-    w.add_argument("--in", dest="inp", metavar="FILE", default=None, help="show a record of this JSONL file (-: standard input)")
-    w.add_argument("--index", type=int, default=0, help="which record of --in, or which problem of the stream (0-based)")
+    w.add_argument("--in", dest="inp", metavar="FILE", default=None,
+                   help="show a record of this JSONL file (-: standard input)")
+    w.add_argument("--index", type=int, default=0,
+                   help="which record of --in, or which problem of the stream (0-based)")
     w.add_argument("--out", default=None, help="figure file: .png, .svg or .pdf (-: PNG on standard output); "
                                                "default: print text")
     w.set_defaults(func=cmd_show)

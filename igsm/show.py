@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import textwrap
 from dataclasses import dataclass
-from typing import Optional
 
 from .problem import ABS, INST, Param, Problem
 
