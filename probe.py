@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from igsm.cli_config import config_to_dict, config_to_yaml, load_config
+from igsm.cli_config import config_to_dict, config_to_yaml, load_config, presets_help
 from igsm.config import ConfigError, ProbeConfig
 
 
@@ -75,6 +75,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
+        print(presets_help(ProbeConfig))
         return 0
     try:
         cfg = load_config(ProbeConfig, argv)
@@ -93,6 +94,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     # that shares them with anything else (a data worker, another job) runs ~10x slower; must be
     # set before torch loads its OpenMP runtime. An explicit setting in the environment wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from igsm.quiet import silence_harmless_noise
+
+    silence_harmless_noise()  # Lightning's tips and known-harmless warnings (igsm/quiet.py)
     import lightning as L
 
     from igsm.config import generator_config

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, Optional
 
-from igsm.cli_config import config_to_dict, config_to_yaml, load_config
+from igsm.cli_config import config_to_dict, config_to_yaml, load_config, presets_help
 from igsm.config import ConfigError, TrainConfig, accumulation
 
 # CPU: idle OpenMP threads sleep instead of spinning (spinning threads that share 2 cores with a
@@ -94,6 +94,7 @@ def main(argv: Optional[list[str]] = None, extra_callbacks: Iterable = ()) -> in
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
+        print(presets_help(TrainConfig))
         return 0
     try:
         cfg = load_config(TrainConfig, argv)
@@ -111,6 +112,9 @@ def main(argv: Optional[list[str]] = None, extra_callbacks: Iterable = ()) -> in
             print(f"error: {error}", file=sys.stderr)
             return 2
 
+    from igsm.quiet import silence_harmless_noise
+
+    silence_harmless_noise()  # Lightning's tips and known-harmless warnings (igsm/quiet.py)
     import lightning as L
 
     from igsm.data import IGSMDataModule

@@ -1,14 +1,21 @@
-"""``python -m igsm generate | verify | stats | report`` (design 3.1).
+"""``python -m igsm generate | verify | stats | show | report`` (design 3.1).
 
 Errors a user can cause (bad flags, unreadable files, bad world files, malformed lines) end the
 program with exit code 2 and one line on stderr, never a traceback.
+
+Unix conventions: ``--out`` of ``generate`` defaults to standard output and ``-`` means standard
+output everywhere; ``--in -`` reads standard input; status lines go to standard error, so data
+pipes cleanly (``python -m igsm generate --n 5 | jq .answer``); a closed pipe (``| head``) ends
+the program quietly with exit code 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
+import os
 import statistics
 import sys
 from dataclasses import replace
@@ -28,7 +35,7 @@ class CLIError(Exception):
 # generate
 # ----------------------------------------------------------------------------------------------
 def problem_record(p: Problem, index: int, split: str) -> dict:
-    """One exported JSONL object (fields documented in README, design 3.1)."""
+    """One exported JSONL object (fields documented in docs/dataset.md, design 3.1)."""
     return {
         "id": index,
         "problem": p.problem_text,
@@ -80,12 +87,44 @@ def cmd_generate(a: argparse.Namespace) -> int:
             for job in jobs:
                 lines = _generate_chunk(job)
                 f.write("\n".join(lines) + "\n")
-    print(f"wrote {a.n} {a.preset} problems (split={a.split}, op={a.op or 'train distribution'}, "
-          f"format={cfg.fmt}, reask={a.reask}, seed={a.seed}) to {a.out}")
+    status(f"wrote {a.n} {a.preset} problems (split={a.split}, op={a.op or 'train distribution'}, "
+           f"format={cfg.fmt}, reask={a.reask}, seed={a.seed}) to {_where(a.out)}")
     return 0
 
 
+def status(line: str) -> None:
+    """A status line: standard error, so standard output carries data only."""
+    print(line, file=sys.stderr)
+
+
+def _where(path: str) -> str:
+    return "standard output" if path == "-" else path
+
+
+def _where_in(path: str) -> str:
+    return "standard input" if path == "-" else path
+
+
+class _StandardOutput:
+    """Standard output as a file to write and close: closing flushes it but leaves it open."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def close(self) -> None:
+        sys.stdout.flush()
+
+    def __enter__(self) -> "_StandardOutput":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def _open_out(path: str):
+    """A text file to write, or standard output for ``-``."""
+    if path == "-":
+        return _StandardOutput()
     try:
         return open(path, "w", encoding="utf-8")
     except OSError as e:
@@ -93,12 +132,17 @@ def _open_out(path: str):
 
 
 def read_jsonl(path: str) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-empty line; malformed lines are a CLIError."""
-    try:
-        f = open(path, encoding="utf-8")
-    except OSError as e:
-        raise CLIError(f"--in {path}: cannot be read ({e.strerror or e})") from None
-    with f:
+    """(line number, object) for each non-empty line of a file or, for ``-``, of standard input;
+    malformed lines are a CLIError."""
+    if path == "-":
+        f = contextlib.nullcontext(sys.stdin)
+        path = "standard input"
+    else:
+        try:
+            f = open(path, encoding="utf-8")
+        except OSError as e:
+            raise CLIError(f"--in {path}: cannot be read ({e.strerror or e})") from None
+    with f as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -125,14 +169,14 @@ def cmd_verify(a: argparse.Namespace) -> int:
         for n, obj in read_jsonl(a.inp):
             for key in ("problem", "solution"):
                 if not isinstance(obj.get(key), str):
-                    raise CLIError(f"{a.inp} line {n}: field {key!r} must be a string, "
+                    raise CLIError(f"{_where_in(a.inp)} line {n}: field {key!r} must be a string, "
                                    f"got {type(obj.get(key)).__name__}")
             answer = obj.get("answer")
             if isinstance(obj.get("graph"), dict):
                 try:
                     problem = Problem.from_graph_json(obj["graph"])
                 except (KeyError, TypeError, ValueError) as e:
-                    raise CLIError(f"{a.inp} line {n}: field 'graph' is malformed ({e!r})") from None
+                    raise CLIError(f"{_where_in(a.inp)} line {n}: field 'graph' is malformed ({e!r})") from None
                 report = verify_solution(problem, obj["solution"], answer)
             else:
                 report = verify_text(obj["problem"], obj["solution"], answer, world)
@@ -144,7 +188,9 @@ def cmd_verify(a: argparse.Namespace) -> int:
     finally:
         if out:
             out.close()
-    print(f"{total} verified: {correct} correct, {total - correct} wrong")
+    summary = f"{total} verified: {correct} correct, {total - correct} wrong"
+    # The summary is the result, unless the per-line report already fills standard output.
+    print(summary, file=sys.stderr if a.out == "-" else sys.stdout)
     return 0
 
 
@@ -190,7 +236,7 @@ def cmd_stats(a: argparse.Namespace) -> int:
     for n, obj in read_jsonl(a.inp):
         problem, solution = obj.get("problem"), obj.get("solution")
         if not isinstance(problem, str) or not isinstance(solution, str):
-            raise CLIError(f"{a.inp} line {n}: fields 'problem' and 'solution' must be strings")
+            raise CLIError(f"{_where_in(a.inp)} line {n}: fields 'problem' and 'solution' must be strings")
         statements = problem.count(". ") + problem.endswith(".")  # sentences end with "."
         ips.append(int(obj["ip"]) if isinstance(obj.get("ip"), int) else statements)
         sol_sentences = solution.count("Define ")
@@ -228,6 +274,106 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+# show
+# ----------------------------------------------------------------------------------------------
+FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def cmd_show(a: argparse.Namespace) -> int:
+    from .show import describe, draw_problem, save_figure
+
+    if a.out is not None and a.out != "-" and not a.out.lower().endswith(FIGURE_SUFFIXES):
+        raise CLIError(f"--out {a.out}: the figure's format follows the suffix, one of {', '.join(FIGURE_SUFFIXES)} "
+                       "(or - for PNG on standard output)")
+    shown = shown_problem(a)
+    if a.out is None:
+        print(describe(shown))
+        return 0
+    fig = draw_problem(shown)
+    if a.out == "-":
+        save_figure(fig, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+    else:
+        try:
+            save_figure(fig, a.out)
+        except OSError as e:
+            raise CLIError(f"--out {a.out}: cannot be written ({e.strerror or e})") from None
+    status(f"wrote the figure of {shown.title.split(':')[0]} to {_where(a.out)}")
+    return 0
+
+
+def shown_problem(a: argparse.Namespace):
+    """The problem ``show`` draws: record ``--index`` of ``--in``, or problem ``--index`` of the
+    stream ``generate`` writes with the same preset, split, op, format and seed."""
+    from .show import ShownProblem
+
+    if a.index < 0:
+        raise CLIError(f"--index {a.index}: must be >= 0")
+    if a.inp is None:
+        overrides = {"split": a.split}
+        for key, value in (("op", a.op), ("fmt", a.format), ("world", a.world)):
+            if value is not None:
+                overrides[key] = value
+        cfg = generator_preset(a.preset or "med", **overrides)
+        seed = 0 if a.seed is None else a.seed
+        p = generate_problem(cfg, problem_rng(seed, a.split, a.index))
+        title = (f"iGSM-{a.preset or 'med'} problem {a.index} of seed {seed} ({a.split} split): "
+                 f"op = {p.op}, ip = {p.ip}, format {p.fmt}, answer {p.answer}")
+        return ShownProblem(p, p.problem_text, p.solution, p.answer, title)
+    for flag, value in (("--preset", a.preset), ("--seed", a.seed), ("--op", a.op), ("--format", a.format)):
+        if value is not None:
+            raise CLIError(f"{flag} {value}: chooses a generated problem; with --in, choose a record with --index")
+    records = 0
+    for n, obj in read_jsonl(a.inp):
+        if records == a.index:
+            return _shown_record(a, n, obj)
+        records += 1
+    raise CLIError(f"--index {a.index}: {_where_in(a.inp)} has only {records} records")
+
+
+def _shown_record(a: argparse.Namespace, n: int, obj: dict):
+    from .parse import ParseError, parse_problem
+    from .show import ShownProblem
+
+    for key in ("problem", "solution"):
+        if not isinstance(obj.get(key), str):
+            raise CLIError(f"{_where_in(a.inp)} line {n}: field {key!r} must be a string, "
+                           f"got {type(obj.get(key)).__name__}")
+    if isinstance(obj.get("graph"), dict):
+        try:
+            p = Problem.from_graph_json(obj["graph"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CLIError(f"{_where_in(a.inp)} line {n}: field 'graph' is malformed ({e!r})") from None
+    else:  # reference iGSM files carry text only: rebuild the graphs from it
+        try:
+            p = parse_problem(obj["problem"], load_world(a.world))
+        except ParseError as e:
+            raise CLIError(f"{_where_in(a.inp)} line {n}: the problem text is not understood ({e})") from None
+    answer = obj.get("answer", p.answer)
+    title = f"{_where_in(a.inp)}, record {a.index} (line {n}): op = {p.op}, ip = {p.ip}, answer {answer}"
+    return ShownProblem(p, obj["problem"], obj["solution"], answer, title)
+
+
+def add_show_parser(sub) -> None:
+    w = sub.add_parser("show", help="one problem as a figure (structure graph, dependency graph, text) or as text",
+                       description="Draw one problem as the paper does: the structure graph, the dependency graph "
+                                   "(necessary parameters highlighted, the question marked), the problem text and "
+                                   "its solution. Without --out, print them as text.")
+    w.add_argument("--preset", choices=sorted(GENERATOR_PRESETS), default=None, help="default: med")
+    w.add_argument("--split", choices=["train", "test"], default="train")
+    w.add_argument("--seed", type=int, default=None, help="default: 0 (the stream of generate --seed S)")
+    w.add_argument("--op", type=int, default=None, help="force op = N (default: training distribution)")
+    w.add_argument("--format", choices=["pq", "qp"], default=None, help="default: the preset's (pq)")
+    w.add_argument("--world", default=None, help="world JSON file (default: the shipped world)")
+    w.add_argument("--in", dest="inp", metavar="FILE", default=None,
+                   help="show a record of this JSONL file (-: standard input)")
+    w.add_argument("--index", type=int, default=0,
+                   help="which record of --in, or which problem of the stream (0-based)")
+    w.add_argument("--out", default=None, help="figure file: .png, .svg or .pdf (-: PNG on standard output); "
+                                               "default: print text")
+    w.set_defaults(func=cmd_show)
+
+
 # ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m igsm", description=__doc__.splitlines()[0])
@@ -242,20 +388,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--world", default=None, help="world JSON file (default: the shipped world)")
     g.add_argument("--workers", type=int, default=1, help="processes (output is the same for any number)")
-    g.add_argument("--out", required=True)
+    g.add_argument("--out", default="-", help="JSONL file (default, or -: standard output)")
     g.set_defaults(func=cmd_generate)
     v = sub.add_parser("verify", help="grade solutions in a JSONL file")
-    v.add_argument("--in", dest="inp", required=True)
+    v.add_argument("--in", dest="inp", metavar="FILE", required=True, help="JSONL file (-: standard input)")
     v.add_argument("--world", default=None)
-    v.add_argument("--out", default=None, help="per-line report (JSONL)")
+    v.add_argument("--out", default=None, help="per-line report (JSONL; -: standard output)")
     v.set_defaults(func=cmd_verify)
     s = sub.add_parser("stats", help="histograms of op, ip, sentences, token lengths, answers")
-    s.add_argument("--in", dest="inp", required=True)
+    s.add_argument("--in", dest="inp", metavar="FILE", required=True, help="JSONL file (-: standard input)")
     s.set_defaults(func=cmd_stats)
     r = sub.add_parser("report", help="report.md and PNG figures from training and probe run folders")
     r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders, or folders holding runs (logs/)")
     r.add_argument("--out", default="report", help="output folder (default: report/)")
     r.set_defaults(func=cmd_report)
+    add_show_parser(sub)
     return parser
 
 
@@ -269,8 +416,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # e.g. piped into `head`
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, like other Unix tools
+        _silence_stdout()
         return 0
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null so the interpreter's final flush into the closed pipe
+    cannot print "Exception ignored ... BrokenPipeError" (Python docs, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (e.g. captured): nothing to flush
+        pass
 
 
 if __name__ == "__main__":

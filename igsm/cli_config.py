@@ -7,7 +7,9 @@ Precedence, lowest first:
    ``data``): the values of ``GENERATOR_PRESETS[<group>.preset]``;
 3. ``configs/<preset>.yaml`` (``preset`` is a top-level key of the schema; it may name a file in
    a sub-folder, e.g. ``preset=depth_width/gpt2-8-15``). A preset file that sets ``preset: other``
-   starts from ``configs/other.yaml`` (hard.yaml and the depth-width grid start from med.yaml);
+   starts from ``configs/other.yaml`` (hard.yaml and the depth-width grid start from med.yaml).
+   Each entry point accepts its own presets only: ``configs/probe_*.yaml`` are probe.py's, every
+   other file train.py's (the schema's ``ENTRY_POINT`` says which it is);
 4. ``config=FILE`` (any YAML file of overrides, e.g. a run's saved ``config.yaml``);
 5. ``key=value`` arguments (values are YAML: ``null``, ``3``, ``1e-3``, ``[a,b]``, ``true``).
 
@@ -46,6 +48,7 @@ def load_config(schema_cls: type[T], argv: list[str], *, config_dir: Optional[Pa
     file_pairs = _read_yaml(schema_cls, Path(file_path), "config") if file_path else []
     if _has_field(schema_cls, "preset"):
         preset = _last(cli, "preset") or _last(file_pairs, "preset") or _default(schema_cls, "preset")
+        _check_entry_point(schema_cls, config_dir, preset)
         layers.append((f"configs/{preset}.yaml", _read_preset(schema_cls, config_dir, preset)))
     layers.append((f"{file_path}", file_pairs))
     layers.append(("", cli))
@@ -90,9 +93,37 @@ def config_from_dict(schema_cls: type[T], data: dict) -> T:
     return OmegaConf.to_object(merged)
 
 
-def available_presets(config_dir: Optional[Path] = None) -> list[str]:
+PROBE_PRESET_PREFIX = "probe_"
+
+
+def preset_entry_point(preset: str) -> str:
+    """The entry point a preset belongs to: ``configs/probe_*.yaml`` are probe.py's, the rest train.py's."""
+    return "probe.py" if Path(str(preset)).name.startswith(PROBE_PRESET_PREFIX) else "train.py"
+
+
+def available_presets(config_dir: Optional[Path] = None, entry_point: Optional[str] = None) -> list[str]:
+    """The preset names under ``configs/``; with ``entry_point`` (``"train.py"``, ``"probe.py"``) only its own."""
     root = Path(config_dir) if config_dir is not None else CONFIG_DIR
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+    names = sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+    return [n for n in names if entry_point is None or preset_entry_point(n) == entry_point]
+
+
+def presets_help(schema_cls: type, config_dir: Optional[Path] = None) -> str:
+    """One line for ``--help``: the presets this schema's entry point accepts."""
+    entry_point = getattr(schema_cls, "ENTRY_POINT", None)
+    names = available_presets(config_dir, entry_point)
+    return f"Presets{' of ' + entry_point if entry_point else ''} (preset=NAME, configs/NAME.yaml): {', '.join(names)}"
+
+
+def _check_entry_point(schema_cls: type, config_dir: Path, preset: Any) -> None:
+    """A preset of another entry point fails with one line saying whose it is."""
+    entry_point = getattr(schema_cls, "ENTRY_POINT", None)
+    if entry_point is None or not isinstance(preset, str) or not (config_dir / f"{preset}.yaml").is_file():
+        return  # no entry point to check against, or a missing file (_read_preset says so)
+    owner = preset_entry_point(preset)
+    if owner != entry_point:
+        raise ConfigError(f"preset={preset!r} is not allowed: it is a {owner} preset (python {owner} preset={preset}); "
+                          f"{entry_point} presets: {available_presets(config_dir, entry_point)}")
 
 
 # -- reading layers ------------------------------------------------------------------------------
@@ -130,7 +161,8 @@ def _read_preset(schema_cls: type, config_dir: Path, preset: str, seen: tuple = 
     in its own ``preset`` key (``depth_width/gpt2-8-15.yaml`` says ``preset: med``)."""
     path = config_dir / f"{preset}.yaml"
     if not isinstance(preset, str) or not path.is_file():
-        raise ConfigError(f"preset={preset!r} is not allowed: one of {available_presets(config_dir)}")
+        entry_point = getattr(schema_cls, "ENTRY_POINT", None)
+        raise ConfigError(f"preset={preset!r} is not allowed: one of {available_presets(config_dir, entry_point)}")
     pairs = _read_yaml(schema_cls, path, "preset")
     parent = _last(pairs, "preset")
     pairs = [(k, v) for k, v in pairs if k != "preset"]
@@ -259,4 +291,5 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
 
-__all__ = ["load_config", "config_to_yaml", "config_to_dict", "config_from_dict", "available_presets", "CONFIG_DIR"]
+__all__ = ["load_config", "config_to_yaml", "config_to_dict", "config_from_dict", "available_presets", "CONFIG_DIR",
+           "preset_entry_point", "presets_help"]

@@ -8,7 +8,7 @@ YAML files in ``configs/`` and command-line dotlists only override these fields;
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import NamedTuple, Optional
+from typing import ClassVar, NamedTuple, Optional
 
 
 MAX_OP = 52  # solution steps each take one of the 52 ASCII letters
@@ -242,6 +242,8 @@ class EvalConfig:
 @dataclass
 class TrainConfig:
     """Everything ``python train.py`` reads (design 3.2). ``preset`` picks ``configs/<preset>.yaml``."""
+
+    ENTRY_POINT: ClassVar[str] = "train.py"  # whose presets it accepts (igsm.cli_config.preset_entry_point)
 
     name: Optional[str] = None  # run name: logs/<name>/version_N; None = the preset's name
     preset: str = "tiny"
@@ -521,6 +523,8 @@ class AnalysisConfig:
 @dataclass
 class ProbeConfig:
     """Everything ``python probe.py`` reads (design 3.3). ``preset`` picks ``configs/<preset>.yaml``."""
+
+    ENTRY_POINT: ClassVar[str] = "probe.py"  # whose presets it accepts (igsm.cli_config.preset_entry_point)
 
     name: Optional[str] = None  # run name: logs/<name>/version_N; None = "<checkpoint's run name>_probe"
     preset: str = "probe_tiny"

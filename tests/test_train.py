@@ -176,6 +176,8 @@ def test_train_py_end_to_end_writes_run_folder_and_eval_json(repo_root, one_thre
     r = subprocess.run([sys.executable, str(repo_root / "train.py"), *args], cwd=tmp_path, env=one_thread_env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
+    for noise in ("Tip:", "not supported by the model summary", "LeafSpec"):  # silenced by igsm/quiet.py
+        assert noise not in r.stdout + r.stderr
     run = tmp_path / "logs" / "smoke" / "version_0"
     entries = json.loads((run / "eval.json").read_text())
     cfg = load_config(TrainConfig, [])
