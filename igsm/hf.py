@@ -390,6 +390,20 @@ def is_pretrained_dir(path: Union[str, Path]) -> bool:
     return p.is_dir() and (p / "config.json").is_file()
 
 
+def check_pretrained(path: Union[str, Path]) -> None:
+    """Fail early, with one line, when :func:`load_pretrained` cannot read ``path``: the extra is
+    missing, or config.json describes a model igsm's GPT cannot represent."""
+    require("safetensors")
+    folder = Path(path)
+    if not is_pretrained_dir(folder):
+        raise InteropError(f"{path}: not a transformers folder (no config.json)")
+    try:
+        c = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise InteropError(f"{folder / 'config.json'}: not readable JSON ({e})") from None
+    _check_neox_config(c, str(folder / "config.json"))
+
+
 def _read_weights(folder: Path) -> dict[str, Tensor]:
     st = require("safetensors.torch")
     single = folder / "model.safetensors"
@@ -496,5 +510,5 @@ def load_pretrained(path: Union[str, Path]) -> Pretrained:
 __all__ = [
     "HF_EXTRA", "MissingExtraError", "InteropError", "require", "to_neox_state_dict", "from_neox_state_dict",
     "neox_config", "hf_tokenizer", "gpt2_merges", "export_model", "export_checkpoint", "Pretrained",
-    "is_pretrained_dir", "load_pretrained",
+    "is_pretrained_dir", "check_pretrained", "load_pretrained",
 ]
