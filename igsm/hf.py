@@ -134,7 +134,7 @@ def from_neox_state_dict(neox: dict[str, Tensor], cfg: ModelConfig) -> dict[str,
             raise InteropError(f"weights: tensor {name!r} is missing")
         return neox[name]
 
-    def bias(name: str, ours: str) -> Optional[Tensor]:
+    def bias(name: str) -> Optional[Tensor]:
         b = take(name)
         if cfg.bias:
             return b
@@ -155,7 +155,7 @@ def from_neox_state_dict(neox: dict[str, Tensor], cfg: ModelConfig) -> dict[str,
     for i in range(cfg.n_layer):
         for ours, theirs in _BLOCK_NAMES:
             w = take(f"gpt_neox.layers.{i}.{theirs}.weight")
-            b = bias(f"gpt_neox.layers.{i}.{theirs}.bias", ours)
+            b = bias(f"gpt_neox.layers.{i}.{theirs}.bias")
             if ours == "attn.c_attn":
                 w = _qkv_from_neox(w, cfg.n_head)
                 b = None if b is None else _qkv_from_neox(b, cfg.n_head)
@@ -163,7 +163,7 @@ def from_neox_state_dict(neox: dict[str, Tensor], cfg: ModelConfig) -> dict[str,
             if b is not None:
                 out[f"blocks.{i}.{ours}.bias"] = b
     out["ln_f.weight"] = take("gpt_neox.final_layer_norm.weight")
-    b = bias("gpt_neox.final_layer_norm.bias", "ln_f")
+    b = bias("gpt_neox.final_layer_norm.bias")
     if b is not None:
         out["ln_f.bias"] = b
     return out
