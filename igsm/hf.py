@@ -302,9 +302,10 @@ def hf_tokenizer(tok: Tokenizer, model_max_length: Optional[int] = None):
 # ---------------------------------------------------------------------------------------------
 
 def export_model(model: GPT, tokenizer: Tokenizer, out_dir: Union[str, Path],
-                 train_config: Optional[TrainConfig] = None) -> Path:
+                 train_config: Optional[TrainConfig] = None, source: Optional[str] = None) -> Path:
     """Write ``model`` and ``tokenizer`` as a transformers folder (safetensors, config.json,
-    generation_config.json, tokenizer files) plus ``igsm.json``. Returns the folder."""
+    generation_config.json, tokenizer files) plus ``igsm.json`` and a README.md naming ``source``.
+    Returns the folder."""
     transformers = require("transformers")
     require("safetensors")
     from igsm.cli_config import config_to_dict
@@ -339,7 +340,30 @@ def export_model(model: GPT, tokenizer: Tokenizer, out_dir: Union[str, Path],
         "train_config": config_to_dict(train_config) if train_config is not None else None,
     }
     (out / IGSM_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "README.md").write_text(model_card(model, tokenizer, source), encoding="utf-8")
     return out
+
+
+def model_card(model: GPT, tokenizer: Tokenizer, source: Optional[str] = None) -> str:
+    """A short README.md for the folder: what the model is and how to prompt it."""
+    cfg = model.cfg
+    if tokenizer.name == "word":
+        prompt = ('`"[EOS][PROBLEM]" + problem + "[SOLUTION]"` as text; the model continues with the '
+                  'solution, `[ANSWER]`, the answer and `[EOS]`.')
+    else:
+        prompt = ("the ids `[50256, 222] + tokenizer(\" \" + problem).input_ids + [223]` (222-224 are the "
+                  "problem/solution/answer marker bytes, which have no text form); the model continues with "
+                  "\" \" + solution, 224, \" \" + answer and 50256.")
+    return (
+        "# iGSM model (GPT-NeoX format)\n\n"
+        f"Exported by `python -m igsm export`{f' from `{source}`' if source else ''}: a GPT-2-style model with "
+        f"rotary embeddings, {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.d_model} dimensions, "
+        f"{model.num_params():,} parameters; `{tokenizer.name}` tokenizer ({tokenizer.vocab_size} ids; the "
+        f"embedding is padded to {model.padded_vocab}, and generation_config.json suppresses the padding ids).\n\n"
+        f"Prompt: {prompt} igsm's evaluation decodes greedily. `igsm.json` holds the training config; "
+        "igsm reads the folder back with `GPT.from_pretrained(DIR)` or `python probe.py ckpt=DIR` "
+        "(docs/interop.md in the igsm repository).\n"
+    )
 
 
 def _add_legacy_rope_keys(path: Path, base: float) -> None:
@@ -369,7 +393,7 @@ def export_checkpoint(ckpt: Union[str, Path], out_dir: Union[str, Path]) -> Path
         lit = GPTLitModule.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
     except Exception as e:  # a damaged or foreign file: one line, not a traceback
         raise InteropError(f"CKPT {ckpt}: not a readable train.py checkpoint ({type(e).__name__}: {e})"[:400]) from None
-    return export_model(lit.model, lit.tokenizer, out_dir, train_config=lit.cfg)
+    return export_model(lit.model, lit.tokenizer, out_dir, train_config=lit.cfg, source=str(ckpt))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def _hf_load(folder):
 def test_export_folder_loads_offline_and_logits_match(exported):
     model, tok, folder = exported
     assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-            "tokenizer_config.json", "igsm.json"} <= {p.name for p in folder.iterdir()}
+            "tokenizer_config.json", "igsm.json", "README.md"} <= {p.name for p in folder.iterdir()}
     hf_model, _ = _hf_load(folder)
     assert type(hf_model).__name__ == "GPTNeoXForCausalLM"
     seqs = [tok.encode_example(p.problem_text, p.solution, p.answer) for p in _problems("med", 3)]
