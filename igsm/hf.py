@@ -297,6 +297,35 @@ def hf_tokenizer(tok: Tokenizer, model_max_length: Optional[int] = None):
     )
 
 
+def fresh_letters_processor(tokenizer: Tokenizer, prompt_len: int):
+    """A transformers ``LogitsProcessor`` that does what ``eval.fresh_letters`` does in
+    :func:`igsm.decode.greedy_decode`: right after ``" as"``, a letter this row already defined
+    (in the tokens generated after the ``prompt_len`` prompt positions) is never chosen.
+
+    ``model.generate(ids, logits_processor=LogitsProcessorList([fresh_letters_processor(tok,
+    ids.shape[1])]))`` then reproduces igsm's evaluation of a model trained with it (the tiny preset).
+    """
+    transformers = require("transformers")
+    define_id, letter_ids = tokenizer.letter_slot_ids()
+
+    class FreshLetters(transformers.LogitsProcessor):
+        def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+            # input_ids [B, prompt_len + G] (left-padded prompt, then G generated), scores [B, V]
+            naming = input_ids[:, -1] == define_id  # [B]: the next token names a new letter
+            if not bool(naming.any()):
+                return scores
+            generated = input_ids[:, prompt_len:]  # [B, G]
+            before = input_ids[:, prompt_len - 1 : -1]  # [B, G]: the token before each generated one
+            letters = torch.tensor(letter_ids, device=input_ids.device)
+            new = (before == define_id) & torch.isin(generated, letters)  # [B, G]: letters defined so far
+            V = scores.shape[-1]
+            defined = torch.zeros(scores.shape[0], V + 1, dtype=torch.bool, device=scores.device)  # [B, V+1]
+            defined.scatter_(1, torch.where(new, generated, V), True)  # column V collects the rest
+            return scores.masked_fill(defined[:, :V] & naming[:, None], float("-inf"))
+
+    return FreshLetters()
+
+
 # ---------------------------------------------------------------------------------------------
 # Export
 # ---------------------------------------------------------------------------------------------
@@ -533,6 +562,6 @@ def load_pretrained(path: Union[str, Path]) -> Pretrained:
 
 __all__ = [
     "HF_EXTRA", "MissingExtraError", "InteropError", "require", "to_neox_state_dict", "from_neox_state_dict",
-    "neox_config", "hf_tokenizer", "gpt2_merges", "export_model", "export_checkpoint", "Pretrained",
+    "neox_config", "hf_tokenizer", "gpt2_merges", "fresh_letters_processor", "export_model", "export_checkpoint", "Pretrained",
     "is_pretrained_dir", "check_pretrained", "load_pretrained",
 ]

@@ -98,6 +98,24 @@ def test_generate_reproduces_greedy_decode(exported):
     assert theirs == ours
 
 
+def test_fresh_letters_processor_masks_letters_defined_in_the_generation():
+    _need_hf()
+    from igsm.hf import fresh_letters_processor
+
+    tok = _tokenizer("word")
+    define, letters = tok.letter_slot_ids()
+    a, b, c = letters[:3]
+    word = tok.encode(" x")[0]
+    prompt = [tok.eos_id, define, b]  # a letter "defined" in the prompt does not count
+    proc = fresh_letters_processor(tok, prompt_len=len(prompt))
+    scores = torch.zeros(2, tok.vocab_size)  # [B, V]
+    ids = torch.tensor([prompt + [word, define, a, word, define],   # a was defined: masked now
+                        prompt + [word, define, a, word, word]])    # not after " as": untouched
+    out = proc(ids, scores.clone())
+    assert out[0, a] == float("-inf") and out[0, b] == 0 and out[0, c] == 0
+    assert torch.equal(out[1], scores[1])
+
+
 def test_tokenizer_encodes_and_decodes_problems_identically(exported):
     _, tok, folder = exported
     _, hf_tok = _hf_load(folder)
