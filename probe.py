@@ -28,8 +28,11 @@ from igsm.config import ConfigError, ProbeConfig
 def find_checkpoint(cfg: ProbeConfig) -> str:
     """``ckpt``, or the newest ``last.ckpt`` of a training run under ``log_root``."""
     if cfg.ckpt is not None:
-        if not Path(cfg.ckpt).is_file():
-            raise ConfigError(f"ckpt={cfg.ckpt!r} is not allowed: no such file")
+        if Path(cfg.ckpt).is_dir():  # a transformers folder (python -m igsm export; docs/interop.md)
+            check_transformers_folder(cfg.ckpt)
+        elif not Path(cfg.ckpt).is_file():
+            raise ConfigError(f"ckpt={cfg.ckpt!r} is not allowed: no such file "
+                              "(a train.py checkpoint, or a folder written by python -m igsm export)")
         return cfg.ckpt
     candidates = []
     for path in Path(cfg.log_root).glob("**/checkpoints/last.ckpt"):
@@ -59,6 +62,14 @@ def per_device_sizes(cfg: ProbeConfig) -> tuple[int, int]:
     if chunks is None:
         chunks = GPU_LENGTH_CHUNKS if wants_gpu(cfg.trainer) else 1
     return cfg.probe.batch_size // world, chunks
+def check_transformers_folder(path: str) -> None:
+    """ConfigError (one line) unless igsm.hf can load the folder: the extra [hf] and config.json."""
+    try:
+        from igsm.hf import InteropError, check_pretrained
+
+        check_pretrained(path)
+    except (ImportError, InteropError) as e:
+        raise ConfigError(f"ckpt={path!r} is not allowed: {e}") from None
 
 
 def summary_lines(results: dict) -> list[str]:

@@ -1,4 +1,4 @@
-"""``python -m igsm generate | verify | stats | show | report`` (design 3.1).
+"""``python -m igsm generate | verify | stats | show | report | export`` (design 3.1).
 
 Errors a user can cause (bad flags, unreadable files, bad world files, malformed lines) end the
 program with exit code 2 and one line on stderr, never a traceback.
@@ -76,7 +76,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         raise CLIError(f"--n {a.n}: must be >= 0")
     chunk = 500
     jobs = [(cfg, a.seed, a.split, s, min(a.n, s + chunk)) for s in range(0, a.n, chunk)]
-    with _open_out(a.out) as f:
+    with (ParquetRecordWriter(a.out) if is_parquet(a.out) else _open_out(a.out)) as f:
         if a.workers > 1 and len(jobs) > 1:
             import multiprocessing as mp
 
@@ -131,6 +131,92 @@ def _open_out(path: str):
         raise CLIError(f"--out {path}: cannot be written ({e.strerror or e})") from None
 
 
+# ----------------------------------------------------------------------------------------------
+# Parquet (chosen by the file suffix; needs pyarrow, from the optional extra [hf])
+# ----------------------------------------------------------------------------------------------
+def is_parquet(path: str) -> bool:
+    return str(path).lower().endswith(".parquet")
+
+
+def _pyarrow():
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401  (the submodule is not imported by pyarrow itself)
+    except ImportError:
+        raise CLIError('Parquet files need the package pyarrow of the optional extra [hf]: '
+                       'pip install -e ".[hf]" (or write .jsonl)') from None
+    return pyarrow
+
+
+# Column types of the exported records (the rest are inferred). template_hash is a 64-bit
+# unsigned hash; graph is the same object as in JSONL, stored as a JSON string (docs/interop.md).
+PARQUET_TYPES = {"id": "int64", "problem": "string", "solution": "string", "answer": "int64", "op": "int64",
+                 "ip": "int64", "format": "string", "split": "string", "reask": "bool",
+                 "template_hash": "uint64", "bucket": "int64", "graph": "string"}
+
+
+class ParquetRecordWriter:
+    """Writes the JSONL lines of ``generate`` as Parquet rows: the same records, one row group per
+    ``write`` call; nested values (``graph``) become JSON strings."""
+
+    def __init__(self, path: str):
+        self.pa = _pyarrow()
+        self.path = path
+        self.writer = None
+        self.schema = None
+        try:
+            open(path, "wb").close()  # fail now, with the usual message, if it cannot be written
+        except OSError as e:
+            raise CLIError(f"--out {path}: cannot be written ({e.strerror or e})") from None
+
+    def write(self, text: str) -> None:
+        records = [json.loads(line) for line in text.splitlines() if line]
+        for r in records:
+            for k, v in r.items():
+                if isinstance(v, (dict, list)):
+                    r[k] = json.dumps(v, ensure_ascii=False)
+        if self.schema is None:
+            pa = self.pa
+            self.schema = pa.schema([
+                (k, pa.type_for_alias(PARQUET_TYPES[k]) if k in PARQUET_TYPES else pa.array([r.get(k) for r in records]).type)
+                for k in records[0]])
+            self.writer = self.pa.parquet.ParquetWriter(self.path, self.schema)
+        self.writer.write_table(self.pa.Table.from_pylist(records, schema=self.schema))
+
+    def __enter__(self) -> "ParquetRecordWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.writer is None:  # no rows: still a valid file, with the known columns
+            schema = self.pa.schema([(k, self.pa.type_for_alias(t)) for k, t in PARQUET_TYPES.items()])
+            self.writer = self.pa.parquet.ParquetWriter(self.path, schema)
+        self.writer.close()
+
+
+def read_parquet(path: str) -> Iterator[tuple[int, dict]]:
+    """(row number from 1, object) per row; JSON strings in ``graph`` become objects again."""
+    pa = _pyarrow()
+    try:
+        f = pa.parquet.ParquetFile(path)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise CLIError(f"--in {path}: cannot be read as Parquet ({e})") from None
+    n = 0
+    for batch in f.iter_batches(batch_size=1024):
+        for obj in batch.to_pylist():
+            n += 1
+            if isinstance(obj.get("graph"), str):
+                try:
+                    obj["graph"] = json.loads(obj["graph"])
+                except json.JSONDecodeError as e:
+                    raise CLIError(f"{path} row {n}: column 'graph' is not valid JSON ({e.msg})") from None
+            yield n, obj
+
+
+def read_records(path: str) -> Iterator[tuple[int, dict]]:
+    """The records of a JSONL or (by suffix) Parquet file, as (line or row number, object)."""
+    return read_parquet(path) if is_parquet(path) else read_jsonl(path)
+
+
 def read_jsonl(path: str) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-empty line of a file or, for ``-``, of standard input;
     malformed lines are a CLIError."""
@@ -166,7 +252,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
     total = correct = 0
     out = _open_out(a.out) if a.out else None
     try:
-        for n, obj in read_jsonl(a.inp):
+        for n, obj in read_records(a.inp):
             for key in ("problem", "solution"):
                 if not isinstance(obj.get(key), str):
                     raise CLIError(f"{_where_in(a.inp)} line {n}: field {key!r} must be a string, "
@@ -233,7 +319,7 @@ def cmd_stats(a: argparse.Namespace) -> int:
 
     tok = build_tokenizer("gpt2")
     ops, ips, sentences, lengths, answers = [], [], [], [], []
-    for n, obj in read_jsonl(a.inp):
+    for n, obj in read_records(a.inp):
         problem, solution = obj.get("problem"), obj.get("solution")
         if not isinstance(problem, str) or not isinstance(solution, str):
             raise CLIError(f"{_where_in(a.inp)} line {n}: fields 'problem' and 'solution' must be strings")
@@ -374,6 +460,28 @@ def add_show_parser(sub) -> None:
     w.set_defaults(func=cmd_show)
 
 
+# export (Hugging Face transformers; igsm.hf)
+# ----------------------------------------------------------------------------------------------
+def cmd_export(a: argparse.Namespace) -> int:
+    try:
+        from . import hf
+
+        hf.require("transformers", "python -m igsm export")
+        hf.require("safetensors", "python -m igsm export")
+        hf.require("tokenizers", "python -m igsm export")
+    except ImportError as e:
+        raise CLIError(str(e)) from None
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        out = hf.export_checkpoint(a.ckpt, a.out)
+    except hf.InteropError as e:
+        raise CLIError(str(e)) from None
+    print(f"wrote {out} (load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}))")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m igsm", description=__doc__.splitlines()[0])
@@ -388,10 +496,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--world", default=None, help="world JSON file (default: the shipped world)")
     g.add_argument("--workers", type=int, default=1, help="processes (output is the same for any number)")
-    g.add_argument("--out", default="-", help="JSONL file (default, or -: standard output)")
+    g.add_argument("--out", default="-", help="JSONL file (default, or -: standard output), or FILE.parquet (extra [hf])")
     g.set_defaults(func=cmd_generate)
-    v = sub.add_parser("verify", help="grade solutions in a JSONL file")
-    v.add_argument("--in", dest="inp", metavar="FILE", required=True, help="JSONL file (-: standard input)")
+    v = sub.add_parser("verify", help="grade solutions in a JSONL (or .parquet) file")
+    v.add_argument("--in", dest="inp", metavar="FILE", required=True, help="JSONL or .parquet file (-: standard input)")
     v.add_argument("--world", default=None)
     v.add_argument("--out", default=None, help="per-line report (JSONL; -: standard output)")
     v.set_defaults(func=cmd_verify)
@@ -403,6 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="report", help="output folder (default: report/)")
     r.set_defaults(func=cmd_report)
     add_show_parser(sub)
+    e = sub.add_parser("export", help="write a train.py checkpoint as a Hugging Face transformers folder")
+    e.add_argument("ckpt", metavar="CKPT", help="a train.py checkpoint, e.g. logs/tiny/version_0/checkpoints/last.ckpt")
+    e.add_argument("--out", required=True, help="the folder to write (created if missing)")
+    e.set_defaults(func=cmd_export)
     return parser
 
 

@@ -530,7 +530,7 @@ class ProbeConfig:
     preset: str = "probe_tiny"
     config: Optional[str] = None  # a YAML file applied after the preset, before the command line
     print_config: bool = False
-    ckpt: Optional[str] = None  # a train.py checkpoint; None = the newest last.ckpt under log_root
+    ckpt: Optional[str] = None  # train.py checkpoint or exported transformers folder; None = newest last.ckpt under log_root
     seed: int = 0  # probe data, random-init control and probe initialisation
     log_root: str = "logs"
     probe: ProbeOptions = field(default_factory=ProbeOptions)

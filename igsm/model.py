@@ -327,6 +327,17 @@ class GPT(nn.Module):
                              None if ln.bias is None else ln.bias.to(dtype), ln.eps)  # [B, d]
             return F.linear(h, self.lm_head.weight.to(dtype))  # [B, padded_vocab]
 
+    # -- Hugging Face interop -----------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path) -> "GPT":
+        """The GPT of a transformers folder written by ``python -m igsm export`` (or a compatible
+        GPT-NeoX trained elsewhere), in eval mode; :func:`igsm.hf.load_pretrained` also returns
+        its tokenizer and training config. Needs the extra ``[hf]``."""
+        from igsm.hf import load_pretrained
+
+        return load_pretrained(path).model
+
     # -- size and cost ------------------------------------------------------------------------
 
     def num_params(self, exclude_embeddings: bool = False) -> int:

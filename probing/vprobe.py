@@ -131,11 +131,17 @@ class Backbone(NamedTuple):
 
 
 def load_backbone(path: str | Path, map_location: str = "cpu") -> Backbone:
-    """A ``train.py`` checkpoint -> its GPT (eval mode, frozen), tokenizer and resolved config.
+    """A ``train.py`` checkpoint (or a transformers folder, see igsm.hf) -> its GPT (eval mode,
+    frozen), tokenizer and resolved config.
 
     Loaded through :class:`igsm.lit.GPTLitModule` (its hyper-parameters hold the resolved config
     and the tokenizer's ``to_dict()``), so the probe reads checkpoints exactly as training wrote them.
     """
+    if Path(path).is_dir():  # a transformers folder (python -m igsm export, or trained elsewhere)
+        from igsm.hf import load_pretrained
+
+        pre = load_pretrained(path)
+        return Backbone(freeze(pre.model.to(map_location)), pre.tokenizer, pre.train_config, str(path))
     from igsm.lit import GPTLitModule
 
     lit = GPTLitModule.load_from_checkpoint(str(path), map_location=map_location, weights_only=False)

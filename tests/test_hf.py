@@ -1,0 +1,331 @@
+"""Hugging Face interop (igsm.hf, docs/interop.md): export to a transformers GPT-NeoX folder, the
+numbers and tokens it reproduces, the way back, probing an exported folder, Parquet datasets.
+
+Tests that need the extra [hf] skip without it; the "which extra" messages are tested always.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import probe
+from igsm import cli
+from igsm.config import ModelConfig, generator_preset
+from igsm.decode import greedy_decode
+from igsm.generator import generate_problem, problem_rng
+from igsm.model import GPT
+from igsm.tokenizer import build_tokenizer
+
+PROBE_FAST = ["trainer.max_steps=2", "probe.test_problems=4", "probe.batch_size=6", "probe.draws=3",
+              "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "probe.tasks=[nece]",
+              "probe.control=none"]
+
+
+def _need_hf():
+    for module in ("transformers", "safetensors", "tokenizers"):
+        pytest.importorskip(module)
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """Nothing may come from the network: loading must work from the folder alone."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+def _problems(preset: str, n: int, seed: int = 0):
+    cfg = generator_preset(preset)
+    return [generate_problem(cfg, problem_rng(seed, "test", i)) for i in range(n)]
+
+
+def _tokenizer(name: str):
+    return build_tokenizer(name, Path(cli.__file__).parent / "data" / "world_tiny.json" if name == "word" else None)
+
+
+@pytest.fixture(scope="module", params=["word", "gpt2"])
+def exported(request, tmp_path_factory):
+    """A small random GPT per tokenizer, exported: (our model, our tokenizer, folder)."""
+    _need_hf()
+    from igsm import hf
+
+    tok = build_tokenizer(request.param, None)  # the full world: names of every preset
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=512), tok.vocab_size).eval()
+    folder = hf.export_model(model, tok, tmp_path_factory.mktemp(f"hf_{request.param}"))
+    return model, tok, folder
+
+
+def _hf_load(folder):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+def test_export_folder_loads_offline_and_logits_match(exported):
+    model, tok, folder = exported
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+            "tokenizer_config.json", "igsm.json", "README.md"} <= {p.name for p in folder.iterdir()}
+    hf_model, _ = _hf_load(folder)
+    assert type(hf_model).__name__ == "GPTNeoXForCausalLM"
+    seqs = [tok.encode_example(p.problem_text, p.solution, p.answer) for p in _problems("med", 3)]
+    T = min(len(s) for s in seqs)
+    idx = torch.tensor([s[:T] for s in seqs])  # [3, T] real problems
+    with torch.no_grad():
+        ours = model(idx).logits  # [3, T, padded_vocab]
+        theirs = hf_model(idx).logits
+    assert theirs.shape == ours.shape
+    assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+def test_generate_reproduces_greedy_decode(exported):
+    model, tok, folder = exported
+    hf_model, _ = _hf_load(folder)
+    prompts = [tok.encode_prompt(p.problem_text) for p in _problems("med", 3, seed=1)]
+    ours = greedy_decode(model, prompts, max_new_tokens=20, stop_ids=[tok.eos_id], pad_id=tok.pad_id)
+    P = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), P), tok.pad_id)  # [B, P], left-padded as transformers expects
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, P - len(p):], mask[row, P - len(p):] = torch.tensor(p), 1
+    out = hf_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=20)  # greedy by its config
+    theirs = []
+    for row in out[:, P:].tolist():
+        cut = next((j + 1 for j, t in enumerate(row) if t == tok.eos_id), len(row))
+        theirs.append(row[:cut])
+    assert theirs == ours
+
+
+def test_fresh_letters_processor_masks_letters_defined_in_the_generation():
+    _need_hf()
+    from igsm.hf import fresh_letters_processor
+
+    tok = _tokenizer("word")
+    define, letters = tok.letter_slot_ids()
+    a, b, c = letters[:3]
+    word = tok.encode(" x")[0]
+    prompt = [tok.eos_id, define, b]  # a letter "defined" in the prompt does not count
+    proc = fresh_letters_processor(tok, prompt_len=len(prompt))
+    scores = torch.zeros(2, tok.vocab_size)  # [B, V]
+    ids = torch.tensor([prompt + [word, define, a, word, define],   # a was defined: masked now
+                        prompt + [word, define, a, word, word]])    # not after " as": untouched
+    out = proc(ids, scores.clone())
+    assert out[0, a] == float("-inf") and out[0, b] == 0 and out[0, c] == 0
+    assert torch.equal(out[1], scores[1])
+
+
+def test_tokenizer_encodes_and_decodes_problems_identically(exported):
+    _, tok, folder = exported
+    _, hf_tok = _hf_load(folder)
+    problems = _problems("med", 8, seed=2) + _problems("tiny", 4, seed=3)
+    for p in problems:
+        ids = tok.encode_example(p.problem_text, p.solution, p.answer)
+        assert hf_tok.decode(ids) == tok.decode(ids)  # specials (and GPT-2's marker bytes) included
+        assert hf_tok.decode(ids, skip_special_tokens=True) == tok.decode(ids, skip_specials=True)
+        for part in (p.problem_text, p.solution, str(p.answer)):
+            text = " " + part if tok.name == "gpt2" else part  # how encode_example encodes a part
+            assert hf_tok(text)["input_ids"] == tok.encode(text)
+        if tok.name == "word":  # the whole example from its text: every special is one token
+            assert hf_tok(tok.decode(ids))["input_ids"] == ids
+    specials = {"word": ["[PAD]", "[UNK]", "[EOS]", "[PROBLEM]", "[SOLUTION]", "[ANSWER]", "[START]", "[MID]", "[END]"],
+                "gpt2": ["<|endoftext|>", "[START]", "[MID]", "[END]"]}[tok.name]
+    for s in specials:
+        (i,) = hf_tok(s)["input_ids"]
+        assert tok.decode([i]) == s
+    assert hf_tok.convert_tokens_to_ids(["[START]", "[MID]", "[END]"]) == [tok.start_id, tok.mid_id, tok.end_id]
+    assert (hf_tok.eos_token_id, hf_tok.pad_token_id) == (tok.eos_id, tok.pad_id)
+    assert hf_tok("[START] x [MID]")["input_ids"] == [tok.start_id] + tok.encode(" x ") + [tok.mid_id]
+
+
+def test_word_tokenizer_out_of_vocabulary_text_falls_back_alike():
+    _need_hf()
+    from igsm.hf import hf_tokenizer
+
+    tok = _tokenizer("word")
+    hf_tok = hf_tokenizer(tok)
+    for text in ["Zyxwv qqq 123 + 456 = 579.", "a  b\n\tc", "héllo wörld ✓", " Define x as 23; so 99."]:
+        assert hf_tok(text)["input_ids"] == tok.encode(text), text
+        assert hf_tok.decode(tok.encode(text)) == tok.decode(tok.encode(text))
+
+
+def test_round_trip_is_bit_identical(exported, tmp_path):
+    from igsm import hf
+
+    model, tok, folder = exported
+    back = hf.load_pretrained(folder)
+    assert back.tokenizer.to_dict() == tok.to_dict()
+    theirs = back.model.state_dict()
+    assert set(theirs) == set(model.state_dict())
+    for name, t in model.state_dict().items():
+        assert torch.equal(t, theirs[name]), name
+    assert back.model.lm_head.weight is back.model.wte.weight
+    again = hf.export_model(back.model, back.tokenizer, tmp_path / "again")
+    assert GPT.from_pretrained(again).state_dict().keys() == theirs.keys()
+
+
+def test_round_trip_without_biases(tmp_path):
+    _need_hf()
+    from igsm import hf
+
+    tok = _tokenizer("word")
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=64, bias=False), tok.vocab_size)
+    back = GPT.from_pretrained(hf.export_model(model, tok, tmp_path / "nobias"))
+    assert not back.cfg.bias
+    for name, t in model.state_dict().items():
+        assert torch.equal(t, back.state_dict()[name]), name
+
+
+def test_folder_without_igsm_json_loads_as_gpt2(tmp_path):
+    """A GPT-NeoX trained elsewhere with GPT-2's tokenizer: default (med, gpt2) training config."""
+    _need_hf()
+    from igsm import hf
+
+    tok = _tokenizer("gpt2")
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=64), tok.vocab_size)
+    folder = hf.export_model(model, tok, tmp_path / "foreign")
+    (folder / "igsm.json").unlink()
+    back = hf.load_pretrained(folder)
+    assert back.tokenizer.name == "gpt2" and back.train_config.data.tokenizer == "gpt2"
+    assert back.train_config.model.n_layer == 1 and back.train_config.model.block_size == 64
+    assert all(torch.equal(t, back.model.state_dict()[k]) for k, t in model.state_dict().items())
+
+
+@pytest.mark.parametrize("key,value", [("use_parallel_residual", True), ("rotary_pct", 0.25), ("model_type", "llama")])
+def test_unsupported_config_is_one_clear_error(tmp_path, key, value):
+    _need_hf()
+    from igsm import hf
+
+    tok = _tokenizer("word")
+    folder = hf.export_model(GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=64), tok.vocab_size), tok,
+                             tmp_path / "m")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg[key] = value
+    if key == "rotary_pct":
+        del cfg["rope_parameters"]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(hf.InteropError, match=key.split("_")[0]):
+        hf.load_pretrained(folder)
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line and probe.py on a real (2-step) train.py checkpoint
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def train_ckpt(tmp_path_factory):
+    """A checkpoint in train.py's format (what GPTLitModule.load_from_checkpoint reads) of an
+    untrained tiny-preset model, written without training (test_probe_cli runs train.py itself)."""
+    _need_hf()
+    import lightning as L
+
+    from igsm.cli_config import config_to_dict, load_config
+    from igsm.config import TrainConfig, build_data_tokenizer
+    from igsm.lit import GPTLitModule
+
+    cfg = load_config(TrainConfig, ["model.n_layer=2", "model.n_head=2"])
+    torch.manual_seed(0)
+    lit = GPTLitModule(config_to_dict(cfg), build_data_tokenizer(cfg.data).to_dict())
+    path = tmp_path_factory.mktemp("ckpt") / "last.ckpt"
+    torch.save({"state_dict": lit.state_dict(), "hyper_parameters": dict(lit.hparams),
+                "pytorch-lightning_version": L.__version__}, path)
+    return path
+
+
+def test_export_command_then_probe_the_folder(train_ckpt, tmp_path, capsys):
+    _need_hf()
+    from igsm.lit import GPTLitModule
+
+    out = tmp_path / "export"
+    assert cli.main(["export", str(train_ckpt), "--out", str(out)]) == 0
+    assert "AutoModelForCausalLM" in capsys.readouterr().out
+    lit = GPTLitModule.load_from_checkpoint(str(train_ckpt), map_location="cpu", weights_only=False)
+    back = GPT.from_pretrained(out)
+    assert all(torch.equal(t, back.state_dict()[k]) for k, t in lit.model.state_dict().items())
+    hf_model, hf_tok = _hf_load(out)
+    p = _problems("tiny", 1)[0]
+    text = lit.tokenizer.decode(lit.tokenizer.encode_example(p.problem_text, p.solution, p.answer))
+    idx = torch.tensor([hf_tok(text)["input_ids"]])
+    with torch.no_grad():
+        assert (hf_model(idx).logits - lit.model(idx).logits).abs().max().item() <= 1e-4
+    # probe.py reads the folder like a checkpoint: same model, tokenizer and training data
+    rc = probe.main([f"ckpt={out}", f"log_root={tmp_path}", "name=p", *PROBE_FAST])
+    assert rc == 0
+    res = json.loads((tmp_path / "p" / "version_0" / "probe.json").read_text())
+    assert res["backbone_ckpt"] == str(out) and res["backbone"]["n_layer"] == 2
+    assert res["tasks"]["nece"]["n_test_pairs"] > 0
+
+
+def test_export_and_probe_errors_are_one_line(tmp_path, capsys):
+    _need_hf()
+    assert cli.main(["export", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: CKPT") and err.count("\n") == 1
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    assert cli.main(["export", str(tmp_path / "junk.ckpt"), "--out", str(tmp_path / "o")]) == 2
+    assert "not a readable train.py checkpoint" in capsys.readouterr().err
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    assert probe.main([f"ckpt={tmp_path / 'folder'}", f"log_root={tmp_path}"]) == 2
+    assert "model_type='gpt2' is not supported" in capsys.readouterr().err
+
+
+def test_missing_extra_names_it(monkeypatch, tmp_path, capsys):
+    """Without the extra the commands say what to install (runs without the extra too)."""
+    from igsm import hf
+
+    for module in ("transformers", "pyarrow"):
+        monkeypatch.setitem(sys.modules, module, None)  # import now fails as if not installed
+    with pytest.raises(hf.MissingExtraError, match=r'\.\[hf\]'):
+        hf.require("transformers")
+    assert cli.main(["export", "x.ckpt", "--out", str(tmp_path / "o")]) == 2
+    assert '".[hf]"' in capsys.readouterr().err
+    assert cli.main(["generate", "--preset", "tiny", "--n", "2", "--out", str(tmp_path / "d.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "pyarrow" in err and '".[hf]"' in err
+
+
+# ----------------------------------------------------------------------------------------------
+# Parquet
+# ----------------------------------------------------------------------------------------------
+
+def test_parquet_holds_the_jsonl_records(tmp_path, capsys):
+    pytest.importorskip("pyarrow")
+    datasets = pytest.importorskip("datasets")
+    args = ["generate", "--preset", "tiny", "--n", "200", "--op", "2", "--seed", "5"]
+    assert cli.main(args + ["--out", str(tmp_path / "d.jsonl")]) == 0
+    assert cli.main(args + ["--out", str(tmp_path / "d.parquet")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
+    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "d.parquet"), split="train",
+                               cache_dir=str(tmp_path / "cache"))
+    assert ds.column_names == list(rows[0])
+    assert [{**r, "graph": json.loads(r["graph"])} for r in ds] == rows  # graph: a JSON string
+    capsys.readouterr()
+    for cmd in ("verify", "stats"):
+        outputs = []
+        for name in ("d.jsonl", "d.parquet"):
+            assert cli.main([cmd, "--in", str(tmp_path / name)]) == 0
+            outputs.append(capsys.readouterr().out)
+        assert outputs[0] == outputs[1]
+
+
+def test_parquet_verify_reports_and_errors(tmp_path, capsys):
+    pq = pytest.importorskip("pyarrow.parquet")
+    pa = pytest.importorskip("pyarrow")
+    assert cli.main(["generate", "--preset", "tiny", "--n", "3", "--out", str(tmp_path / "d.parquet")]) == 0
+    table = pq.read_table(tmp_path / "d.parquet")
+    solutions = table.column("solution").to_pylist()
+    solutions[0] = solutions[0].replace("=", "+", 1)
+    pq.write_table(table.set_column(table.schema.get_field_index("solution"), "solution", pa.array(solutions)),
+                   tmp_path / "bad.parquet")
+    capsys.readouterr()
+    assert cli.main(["verify", "--in", str(tmp_path / "bad.parquet"), "--out", str(tmp_path / "r.jsonl")]) == 0
+    assert "3 verified: 2 correct, 1 wrong" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r.jsonl").read_text().splitlines()[0])["correct"] is False
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    assert cli.main(["verify", "--in", str(tmp_path / "junk.parquet")]) == 2
+    assert "cannot be read as Parquet" in capsys.readouterr().err
+    assert cli.main(["generate", "--preset", "tiny", "--n", "0", "--out", str(tmp_path / "empty.parquet")]) == 0
+    assert cli.main(["verify", "--in", str(tmp_path / "empty.parquet")]) == 0
+    assert "0 verified" in capsys.readouterr().out
