@@ -90,11 +90,21 @@ def documented_commands() -> list[tuple[str, list[str]]]:
             continue
         text = path.read_text()
         variables = dict(re.findall(r"^(\w+)=([^\s(]+)$", text, flags=re.M))
+        # a glob array (CONFIGS=(configs/x/*.yaml)) indexed by a job variable: its first file
+        for name, pattern in re.findall(r"^(\w+)=\((\S+)\)", text, flags=re.M):
+            matches = sorted(ROOT.glob(pattern))
+            if matches:
+                for var, value in list(variables.items()):
+                    variables[var] = re.sub(r"\$\{" + name + r"\[[^]]*\]\}", str(matches[0].relative_to(ROOT)), value)
         for m in re.finditer(r"python (train|probe)\.py((?: +[^\s#`|>]+)*)", text):
             args = m.group(2).split()
+            if any(c in a for a in args for c in "<();") or re.search(r"=[A-Z]+(\s|$)", m.group(2)):
+                continue  # a template in prose (config=FILE name=PREFIX/<stem>), not a command line
             if '"${ARGS[@]}"' in args:
                 array = re.search(r"^ARGS=\((.*)\)$", text, flags=re.M).group(1)
-                array = re.sub(r"\$\{(\w+)\}", lambda v: variables[v.group(1)], array)
+                for _ in range(3):  # variables defined through other variables
+                    array = re.sub(r"\$\{(\w+)\}", lambda v: variables.get(v.group(1), v.group(0)), array)
+                array = re.sub(r"\$\{(\w+)\}", lambda v: v.group(1).lower(), array)  # computed ($(...)): a stand-in
                 args = [a for a in args if a != '"${ARGS[@]}"'] + shlex.split(array)
             # resuming needs a run on disk; "ckpt=..." stands for a path; the rest must pass as written
             args = ["ckpt=run.ckpt" if a == "ckpt=..." else a for a in args if not a.startswith("ckpt_path=")]
