@@ -212,7 +212,7 @@ def build_steps(smoke: bool, logs: Path) -> list[Step]:
                        "--preset", "med", "--tokenizer", "gpt2", "--steps", "20", "--length-chunks", "1",
                        "--checkpoint-activations"]
         small, probe_small, gpu_tests = [], [], []
-        caps = dict(a=75, b=110, c=35, d=35, e_train=170, e_probe=55)
+        caps = dict(a=75, b=110, c=35, d=35, e_train=155, e_probe=70)
     quiet = ["trainer.enable_progress_bar=false"]
     ckpt = logs / "small" / "version_0" / "checkpoints" / "last.ckpt"
     return [

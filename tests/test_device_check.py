@@ -88,3 +88,18 @@ data pipeline, this run (med, gpt2 tokenizer, loss on all, one worker): 210,000 
         "pairs_per_s": 4096, "tokens_per_s": 1300000, "ms_per_step": 62.5, "data_pairs_per_s_one_process": 900}
     assert device_check.pytest_figures("12 passed, 1 skipped, 280 deselected in 60.1s\n", None) == {
         "passed": 12, "skipped": 1, "deselected": 280}
+
+
+def test_small_recipes_load() -> None:
+    """configs/small.yaml and probe_small.yaml load and validate (lengths, buckets) with their schemas."""
+    import probe
+    from igsm.cli_config import load_config
+    from igsm.config import ProbeConfig, TrainConfig
+
+    small = load_config(TrainConfig, ["preset=small"])
+    assert (small.model.n_layer, small.model.d_model, small.data.tokenizer) == (8, 512, "word")
+    assert small.data.max_op == 6 and {"7", "8", "10"} <= set(small.eval.buckets)  # out of distribution
+    assert small.trainer.max_steps * small.data.batch_size * small.data.context == 196_608_000  # tokens, docs/gpu.md
+    probe_small = load_config(ProbeConfig, ["preset=probe_small"])
+    assert probe_small.probe.tasks == ["nece", "can_next", "value"] and probe_small.probe.control == "both"
+    assert probe.summary_lines  # probe.py is importable next to the configs it reads
