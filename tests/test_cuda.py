@@ -266,6 +266,16 @@ def test_probe_steps_leave_the_backbone_bit_identical(device, tmp_path, monkeypa
 
 # -- 5. a checkpoint written on one device resumes on the other -----------------------------------
 
+class FusedFlag(Callback):
+    """The AdamW groups' ``fused`` flag once training runs (after a resume restored the optimizer)."""
+
+    def __init__(self) -> None:
+        self.flags: set = set()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.flags |= {g["fused"] for g in trainer.optimizers[0].param_groups}
+
+
 @pytest.mark.parametrize("first,second", [
     ("cpu", "cpu"),
     pytest.param("cuda", "cpu", marks=CUDA.marks),
@@ -275,14 +285,21 @@ def test_checkpoint_resumes_on_the_other_device(first, second, tmp_path) -> None
     # The CPU sizes on both sides: the checkpoint must load into the same model shape.
     common = COMMON + SIZES["cpu"] + [f"log_root={tmp_path}", "name=run", "eval.final=false",
                                       "trainer.checkpoint_every=3", "optim.lr=1e-2"]
-    before, after = LossRecorder(), LossRecorder()
+    before, after, fused = LossRecorder(), LossRecorder(), FusedFlag()
     assert train.main(common + [f"trainer.accelerator={first}", "trainer.max_steps=3"], extra_callbacks=[before]) == 0
+    last = tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt"
+    if first == second == "cpu":  # on CPU, a checkpoint as CUDA writes it: its AdamW groups say fused
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        for group in ckpt["optimizer_states"][0]["param_groups"]:
+            group["fused"] = True
+        torch.save(ckpt, last)
     assert train.main(common + [f"trainer.accelerator={second}", "trainer.max_steps=6", "ckpt_path=last"],
-                      extra_callbacks=[after]) == 0
+                      extra_callbacks=[after, fused]) == 0
     assert len(before.losses) == 3 and len(after.losses) == 3
     assert all(math.isfinite(x) for x in before.losses + after.losses)
-    ckpt = torch.load(tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt", map_location="cpu",
-                      weights_only=False)
+    # the AdamW kernel of the device that resumes, not of the one that wrote the checkpoint
+    assert fused.flags == {True if second == "cuda" else None}
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 6
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["version_0"]  # resumed in place
     # The resumed optimizer really continued: Adam's step count went on from 3.
