@@ -49,13 +49,16 @@ def train_config(device: str, *extra: str) -> TrainConfig:
 
 
 class LossRecorder(Callback):
-    """The training loss of every batch, in order."""
+    """The training loss of every batch, in order, and the device the module trained on (Lightning
+    moves it back to the CPU when fitting ends)."""
 
     def __init__(self) -> None:
         self.losses: list[float] = []
+        self.devices: set[str] = set()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.losses.append(outputs["loss"].item())
+        self.devices.add(pl_module.device.type)
 
 
 def one_batch_loader(batch: dict) -> DataLoader:
@@ -88,7 +91,7 @@ def test_bf16_mixed_step_matches_fp32_cpu_loss_and_uses_fused_adamw(device, tmp_
                             enable_model_summary=False, limit_val_batches=0)
     trainer.fit(module, train_dataloaders=one_batch_loader(batch))
 
-    assert str(trainer.precision) == "bf16-mixed" and module.device.type == device
+    assert str(trainer.precision) == "bf16-mixed" and losses.devices == {device}
     [loss] = losses.losses
     assert math.isfinite(loss)
     assert abs(loss - expected) / expected < 0.02, (loss, expected)
@@ -137,6 +140,7 @@ def test_compile_matches_eager_and_evaluation_does_not_recompile_without_bound(d
     trainer.fit(module, datamodule=dm)
     assert module._compiled_forward is not None  # training went through the compiled forward
     tolerance = 0.01 if device == "cuda" else 1e-4  # bf16 kernels differ between eager and inductor
+    assert losses.devices == {device}
     assert abs(losses.losses[0] - eager_loss) / eager_loss < tolerance, (losses.losses[0], eager_loss)
     assert all(math.isfinite(x) for x in losses.losses) and len(losses.losses) == steps
 
@@ -145,9 +149,10 @@ def test_compile_matches_eager_and_evaluation_does_not_recompile_without_bound(d
     assert module.last_eval and all(e["n"] == 8 for e in module.last_eval)
     # Forwards of other lengths (evaluation-sized prompts) once more through the compiled path:
     # dynamo may compile one shape-generic graph more, never one per length.
+    module.to(device)  # Lightning's teardown moved it to the CPU
     with torch.no_grad(), autocast:
         for T in (17, 40, 64, 101, 150):
-            module.train_forward(torch.randint(0, 50, (3, T), device=module.device))
+            module.train_forward(torch.randint(0, 50, (3, T), device=device))
     graphs = counters["stats"]["unique_graphs"]
     assert 1 <= graphs_after_training <= 2, dict(counters["stats"])
     assert graphs <= graphs_after_training + 2, dict(counters["stats"])
@@ -225,10 +230,10 @@ class FrozenBackboneCheck(Callback):
         self.checked = False
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self.before = {k: v.detach().clone() for k, v in pl_module.backbones.state_dict().items()}
+        self.before = {k: v.detach().cpu().clone() for k, v in pl_module.backbones.state_dict().items()}
 
     def on_train_end(self, trainer, pl_module) -> None:
-        after = pl_module.backbones.state_dict()
+        after = {k: v.detach().cpu() for k, v in pl_module.backbones.state_dict().items()}
         assert after.keys() == self.before.keys()
         changed = [k for k in after if not torch.equal(after[k], self.before[k])]
         assert not changed, changed
