@@ -30,7 +30,7 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -56,9 +56,7 @@ class Step:
     commands: list[list[str]]  # run in order, all within cap_s
     figures: Callable[[str, "Step"], dict]  # from the combined output
     ok_if: Callable[[list[int], dict], bool] = lambda rcs, figs: all(rc == 0 for rc in rcs)
-    # the share of the unused time of earlier steps this step may take (the small run's training)
-    takes_slack: bool = False
-    env: dict = field(default_factory=dict)
+    takes_slack: bool = False  # may also use the time earlier steps left unused (the small run)
 
 
 # -- prerequisites ----------------------------------------------------------------------------------
