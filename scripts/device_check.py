@@ -212,7 +212,7 @@ def build_steps(smoke: bool, logs: Path) -> list[Step]:
         small, probe_small, gpu_tests = [], [], []
         # a: compiles the test models; b: three compiles of GPT2-12-12 (the later ones mostly from inductor's
         # cache); d: builds its med batches in one process first. e gets whatever a-d leave unused too.
-        caps = dict(a=90, b=130, c=30, d=45, e_train=115, e_probe=70)
+        caps = dict(a=100, b=130, c=30, d=45, e_train=105, e_probe=70)
     quiet = ["trainer.enable_progress_bar=false"]
     ckpt = logs / "small" / "version_0" / "checkpoints" / "last.ckpt"
     return [

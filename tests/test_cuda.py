@@ -147,15 +147,15 @@ def test_compile_matches_eager_and_evaluation_does_not_recompile_without_bound(d
     graphs_after_training = counters["stats"]["unique_graphs"]
     trainer.validate(module, datamodule=dm, verbose=False)  # buckets of different prompt lengths
     assert module.last_eval and all(e["n"] == 8 for e in module.last_eval)
-    # Forwards of other lengths (evaluation-sized prompts) once more through the compiled path:
-    # dynamo may compile one shape-generic graph more, never one per length.
+    # Forwards of other lengths (evaluation-sized prompts) once more through the compiled path, in
+    # training's grad mode: dynamo may compile one shape-generic graph more, never one per length.
     module.to(device)  # Lightning's teardown moved it to the CPU
-    with torch.no_grad(), autocast:
+    with autocast:
         for T in (17, 40, 64, 101, 150):
             module.train_forward(torch.randint(0, 50, (3, T), device=device))
     graphs = counters["stats"]["unique_graphs"]
     assert 1 <= graphs_after_training <= 2, dict(counters["stats"])
-    assert graphs <= graphs_after_training + 2, dict(counters["stats"])
+    assert graphs <= graphs_after_training + 1, dict(counters["stats"])
     torch._dynamo.reset()
 
 
