@@ -50,6 +50,9 @@ GENERATOR_PRESETS: dict[str, GeneratorConfig] = {
         max_op=4, max_ip=4, min_layers=2, max_layers=2, min_width=2, max_width=3,
         world="tiny", families=[0],
     ),
+    # The one-GPU `small` recipe (configs/small.yaml, docs/gpu.md): every family of the one-word
+    # world, up to 3 layers and 12 edges, op <= 6; ~150 word tokens per problem (95%: <= 234).
+    "small": GeneratorConfig(max_op=6, max_ip=12, min_layers=2, max_layers=3, world="tiny"),
 }
 
 
@@ -147,6 +150,8 @@ EVAL_BUCKETS: dict[str, list[str]] = {
     # op = 1 has no test template (spec 8 hash), so tiny's easiest test bucket "<=2" holds only
     # the op = 2 "N more than X" form; "<=2:train" and "2:train" are fresh problems of seen templates.
     "tiny": ["<=2:train", "2:train", "<=2", "<=4", "3", "4", "6", "reask4"],
+    # in distribution (seen and unseen templates), op = max_op, out of distribution up to 10
+    "small": ["<=6:train", "<=6", "6", "7", "8", "10", "reask6"],
 }
 
 LOSS_ON = ("all", "solution")

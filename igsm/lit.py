@@ -211,7 +211,7 @@ class GPTLitModule(L.LightningModule):
         o = self.cfg.optim
         optimizer = torch.optim.AdamW(
             param_groups(self.model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-            fused=True if self.device.type == "cuda" else None,
+            fused=self._use_fused_adamw(self.device),
         )
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
             lr_multiplier, warmup=o.warmup_steps, total=self.cfg.trainer.max_steps, min_ratio=o.min_lr_ratio))
@@ -231,6 +231,20 @@ class GPTLitModule(L.LightningModule):
         for group in schedule.optimizer.param_groups:
             group["initial_lr"] = o.lr
             group["lr"] = o.lr * factor
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Resume with the AdamW kernel of this run's device, not of the device that wrote the
+        checkpoint: torch's ``load_state_dict`` restores each group's ``fused`` flag too, so a CPU
+        checkpoint resumed on CUDA would otherwise step unfused (and a CUDA one fused on CPU)."""
+        fused = self._use_fused_adamw(self.trainer.strategy.root_device if self._trainer is not None else self.device)
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state.get("param_groups", []):
+                if "fused" in group:
+                    group["fused"] = fused
+
+    @staticmethod
+    def _use_fused_adamw(device: torch.device) -> Optional[bool]:
+        return True if device.type == "cuda" else None
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip the global gradient norm to ``optim.grad_clip`` and log the norm before clipping.
