@@ -10,7 +10,7 @@
 Trains one probe per (task, backbone) at once (the trained backbone and/or the random-init
 control), tests them on template-test problems and writes ``logs/<name>/version_N/`` with
 TensorBoard scalars ``probe/<task>/...`` and ``probe.json``. Defaults live in igsm/config.py
-(``ProbeConfig``); presets are configs/probe_*.yaml. README, "Probing", explains tasks, panels and probe.json.
+(``ProbeConfig``); presets are configs/probe_*.yaml. docs/probing.md explains tasks, panels and probe.json.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         import torch
 
         torch.set_num_threads(cfg.trainer.cpu_threads)
-    # The frozen backbones are in eval mode on purpose (README, "What is trained (and what is not)").
+    # The frozen backbones are in eval mode on purpose (docs/probing.md, "What is trained (and what is not)").
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     start = time.time()
     L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -45,7 +45,7 @@ GENERATOR_PRESETS: dict[str, GeneratorConfig] = {
     # Small enough for a few minutes of CPU training: the shipped world of one-word names (one
     # family), two layers, at most 4 edges and op <= 4, so problems are ~80 word tokens long and
     # a parameter name is three tokens ("Costco", "'s", "Cereal"). op <= 4 rather than 3: more
-    # two-step problems, fewer one-step ones (README, "The tiny preset").
+    # two-step problems, fewer one-step ones (docs/measurements.md, "The tiny preset").
     "tiny": GeneratorConfig(
         max_op=4, max_ip=4, min_layers=2, max_layers=2, min_width=2, max_width=3,
         world="tiny", families=[0],

@@ -9,7 +9,7 @@ once (one Trainer, one data pass, one set of synced metrics):
   ``V [r, d]`` (normal), so ``E + U V`` starts as the frozen model's embedding; plus one linear
   head on the last layer, or one per layer with ``layers="all"``.
 
-Choices (README, "What is trained (and what is not)"):
+Choices (docs/probing.md, "What is trained (and what is not)"):
 
 * **Normalisation.** Each head reads a LayerNorm'd state, through a frozen LayerNorm of the
   backbone: the last layer (``hidden_states[-1]``, before the final norm) through ``ln_f``, the
