@@ -26,10 +26,14 @@ from igsm.config import ConfigError, ProbeConfig
 
 
 def find_checkpoint(cfg: ProbeConfig) -> str:
-    """``ckpt``, or the newest ``last.ckpt`` of a training run under ``log_root``."""
+    """``ckpt``, or the newest readable ``last.ckpt`` of a training run under ``log_root``;
+    igsm.faults.CheckpointError (one line) when the file is damaged or not a train.py checkpoint."""
+    from igsm.faults import CheckpointError, read_checkpoint  # loads torch
+
     if cfg.ckpt is not None:
         if not Path(cfg.ckpt).is_file():
             raise ConfigError(f"ckpt={cfg.ckpt!r} is not allowed: no such file")
+        read_checkpoint(cfg.ckpt, "ckpt")
         return cfg.ckpt
     candidates = []
     for path in Path(cfg.log_root).glob("**/checkpoints/last.ckpt"):
@@ -43,7 +47,14 @@ def find_checkpoint(cfg: ProbeConfig) -> str:
     if not candidates:
         raise ConfigError(f"ckpt=None is not allowed: no {cfg.log_root}/**/checkpoints/last.ckpt found "
                           "(train a model first: python train.py, or pass ckpt=PATH)")
-    return max(candidates)[1]
+    for _, path in sorted(candidates, reverse=True):
+        try:
+            read_checkpoint(path, "ckpt")
+            return path
+        except CheckpointError as e:
+            print(f"warning: skipping {path}: {str(e).split(': ', 1)[1]}", file=sys.stderr)
+    raise ConfigError(f"ckpt=None is not allowed: no readable {cfg.log_root}/**/checkpoints/last.ckpt "
+                      "(see the warnings above; pass ckpt=PATH)")
 
 
 def summary_lines(results: dict) -> list[str]:
