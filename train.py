@@ -149,7 +149,7 @@ def main(argv: Optional[list[str]] = None, extra_callbacks: Iterable = ()) -> in
     datamodule = IGSMDataModule(cfg.data, cfg.eval, seed=cfg.seed)
     module = GPTLitModule(config=config_to_dict(cfg), tokenizer=datamodule.tokenizer.to_dict())
     accumulate = accumulation(cfg)
-    stopper = GracefulStop()
+    stopper = GracefulStop(cfg.trainer.eval_every)
     trainer = build_trainer(
         cfg.trainer, cfg.name, log_root=cfg.log_root, version=version, accumulate_grad_batches=accumulate,
         config_yaml=config_to_yaml(cfg),

@@ -97,7 +97,8 @@ class GracefulStop(Callback):
     ranks at each optimizer step (one small all-reduce, next to the one Lightning makes for SIGTERM).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, eval_every: Optional[int] = None) -> None:
+        self.eval_every = eval_every  # an evaluation due at the stop step still runs (and is saved)
         self.signum: Optional[int] = None  # the first signal received
         self.stopped_at: Optional[int] = None  # the optimizer step training stopped after
         self._previous: dict[int, Any] = {}
@@ -137,11 +138,17 @@ class GracefulStop(Callback):
             self.signum = self.signum or signal.SIGTERM
             self.stopped_at = trainer.global_step
             trainer.should_stop = True
+            if not (self.eval_every and trainer.global_step % self.eval_every == 0):
+                # Lightning evaluates when a run stops early; a preempted run has no time for that.
+                trainer.fit_loop.epoch_loop._skip_next_val = True
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
         if trainer.state.fn == "fit":
             hang("eval", trainer.global_step)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.teardown(trainer, pl_module, "fit")
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         global _ACTIVE

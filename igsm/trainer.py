@@ -76,13 +76,18 @@ class RunCheckpoint(ModelCheckpoint):
     def __init__(self, *args: Any, eval_every: Optional[int] = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.eval_every = eval_every
+        self._step_seen = -1  # global_step at the previous batch end: a change marks an optimizer step
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._step_seen = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        step = trainer.global_step
-        if (self.eval_every is not None and step % self.eval_every == 0 and step < trainer.max_steps
-                and self._every_n_train_steps >= 1 and step % self._every_n_train_steps == 0
-                and self._last_global_step_saved != step):
+        step, stepped = trainer.global_step, trainer.global_step != self._step_seen
+        self._step_seen = step
+        if (stepped and self.eval_every is not None and step % self.eval_every == 0 and step < trainer.max_steps
+                and self._every_n_train_steps >= 1 and step % self._every_n_train_steps == 0):
             self._defer_save_until_validation = True  # ModelCheckpoint.on_validation_end saves
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
