@@ -86,7 +86,13 @@ class RunCheckpoint(ModelCheckpoint):
                            batch_idx: int) -> None:
         step, stepped = trainer.global_step, trainer.global_step != self._step_seen
         self._step_seen = step
-        if (stepped and self.eval_every is not None and step % self.eval_every == 0 and step < trainer.max_steps
+        if not stepped:
+            # Inside a gradient accumulation. Lightning would save here on the first micro-batch
+            # after a resume (global_step still a multiple of checkpoint_every, and it forgets
+            # which step it saved last): a checkpoint in mid-accumulation, from which a second
+            # resume shifts every later accumulation window by the micro-batches already done.
+            return
+        if (self.eval_every is not None and step % self.eval_every == 0 and step < trainer.max_steps
                 and self._every_n_train_steps >= 1 and step % self._every_n_train_steps == 0):
             self._defer_save_until_validation = True  # ModelCheckpoint.on_validation_end saves
             return
