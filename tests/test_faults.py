@@ -80,6 +80,7 @@ def wait_for(marker: Path, text: str, proc: subprocess.Popen, timeout: float = 2
 
 # -- 1. SIGKILL at any moment --------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigkill_at_any_moment_resumes_bit_exactly(straight, repo_root, subprocess_env, tmp_path) -> None:
     """Killed mid-step, while writing a checkpoint, during an evaluation and right after a step
     (moments drawn from a seeded RNG), resumed with ckpt_path=last each time: the same losses,
@@ -121,6 +122,7 @@ def test_sigkill_at_any_moment_resumes_bit_exactly(straight, repo_root, subproce
 
 # -- 2. SIGTERM / SIGINT -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigint_and_sigterm_checkpoint_and_exit_and_a_second_signal_exits_at_once(
         repo_root, subprocess_env, tmp_path) -> None:
     """Signals go to the whole process group, as Ctrl-C does (a data worker included)."""
