@@ -255,7 +255,7 @@ def test_skip_mode_drops_nonfinite_updates_up_to_the_limit(tmp_path, monkeypatch
 
 # -- 5. out of memory in evaluation --------------------------------------------------------------
 
-def evaluate(args: list[str], monkeypatch, fits: int | None) -> tuple[list[dict], dict, list[int]]:
+def evaluate(args: list[str], monkeypatch, fits: int | None, out_dir: Path) -> tuple[list, dict, list]:
     """The eval.json entries and every generation of one evaluation of an untrained model; with
     ``fits``, decoding more than that many prompts at once raises torch.OutOfMemoryError."""
     cfg = load_config(TrainConfig, FAST + args)
@@ -274,17 +274,20 @@ def evaluate(args: list[str], monkeypatch, fits: int | None) -> tuple[list[dict]
     L.seed_everything(0, verbose=False)
     module = GPTLitModule(config_to_dict(cfg), dm.tokenizer.to_dict())
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+                        enable_model_summary=False, default_root_dir=out_dir)
     trainer.validate(module, datamodule=dm, verbose=False)
     return module.last_eval, generations, sizes
 
 
-def test_an_evaluation_batch_out_of_memory_halves_and_matches_the_smaller_batch(monkeypatch, capsys) -> None:
+def test_an_evaluation_batch_out_of_memory_halves_and_matches_the_smaller_batch(monkeypatch, capsys,
+                                                                              tmp_path) -> None:
     eval_args = ["eval.n=8", "eval.max_new_tokens=12"]
-    halved, halved_generations, sizes = evaluate(eval_args + ["eval.batch_size=8"], monkeypatch, fits=4)
+    halved, halved_generations, sizes = evaluate(eval_args + ["eval.batch_size=8"], monkeypatch, fits=4,
+                                                 out_dir=tmp_path / "a")
     warnings = [line for line in capsys.readouterr().err.splitlines() if "out of memory" in line]
     assert len(warnings) == 1 and "decoding 8 evaluation prompts" in warnings[0] and "going on with 4" in warnings[0]
     assert sizes[:2] == [8, 4] and set(sizes[2:]) == {4}  # the smaller size is kept for the rest
-    small, small_generations, _ = evaluate(eval_args + ["eval.batch_size=4"], monkeypatch, fits=None)
+    small, small_generations, _ = evaluate(eval_args + ["eval.batch_size=4"], monkeypatch, fits=None,
+                                           out_dir=tmp_path / "b")
     assert halved == small and halved_generations == small_generations
     assert len(small_generations) == 16
