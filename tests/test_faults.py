@@ -73,7 +73,8 @@ def wait_for(marker: Path, text: str, proc: subprocess.Popen, timeout: float = 2
     deadline = time.monotonic() + timeout
     while not (marker.is_file() and text in marker.read_text().splitlines()):
         if proc.poll() is not None:
-            pytest.fail(f"the run ended (status {proc.returncode}) before reaching {text}:\n{stderr_of(marker)[-3000:]}")
+            pytest.fail(f"the run ended (status {proc.returncode}) before reaching {text}:\n"
+                        + stderr_of(marker)[-3000:])
         assert time.monotonic() < deadline, f"{text} not reached in {timeout} s"
         time.sleep(0.05)
 
