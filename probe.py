@@ -26,13 +26,18 @@ from igsm.config import ConfigError, ProbeConfig
 
 
 def find_checkpoint(cfg: ProbeConfig) -> str:
-    """``ckpt``, or the newest ``last.ckpt`` of a training run under ``log_root``."""
+    """``ckpt``, or the newest readable ``last.ckpt`` of a training run under ``log_root``;
+    igsm.faults.CheckpointError (one line) when the file is damaged or not a train.py checkpoint."""
+    from igsm.faults import CheckpointError, read_checkpoint  # loads torch
+
     if cfg.ckpt is not None:
         if Path(cfg.ckpt).is_dir():  # a transformers folder (python -m igsm export; docs/interop.md)
             check_transformers_folder(cfg.ckpt)
         elif not Path(cfg.ckpt).is_file():
             raise ConfigError(f"ckpt={cfg.ckpt!r} is not allowed: no such file "
                               "(a train.py checkpoint, or a folder written by python -m igsm export)")
+        else:
+            read_checkpoint(cfg.ckpt, "ckpt")
         return cfg.ckpt
     candidates = []
     for path in Path(cfg.log_root).glob("**/checkpoints/last.ckpt"):
@@ -46,7 +51,14 @@ def find_checkpoint(cfg: ProbeConfig) -> str:
     if not candidates:
         raise ConfigError(f"ckpt=None is not allowed: no {cfg.log_root}/**/checkpoints/last.ckpt found "
                           "(train a model first: python train.py, or pass ckpt=PATH)")
-    return max(candidates)[1]
+    for _, path in sorted(candidates, reverse=True):
+        try:
+            read_checkpoint(path, "ckpt")
+            return path
+        except CheckpointError as e:
+            print(f"warning: skipping {path}: {str(e).split(': ', 1)[1]}", file=sys.stderr)
+    raise ConfigError(f"ckpt=None is not allowed: no readable {cfg.log_root}/**/checkpoints/last.ckpt "
+                      "(see the warnings above; pass ckpt=PATH)")
 
 
 GPU_LENGTH_CHUNKS = 4  # probe.length_chunks=null on a GPU (ProbeOptions)
@@ -62,6 +74,8 @@ def per_device_sizes(cfg: ProbeConfig) -> tuple[int, int]:
     if chunks is None:
         chunks = GPU_LENGTH_CHUNKS if wants_gpu(cfg.trainer) else 1
     return cfg.probe.batch_size // world, chunks
+
+
 def check_transformers_folder(path: str) -> None:
     """ConfigError (one line) unless igsm.hf can load the folder: the extra [hf] and config.json."""
     try:

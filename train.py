@@ -7,6 +7,10 @@
     python train.py ckpt_path=last               # resume the latest run of this name, same folder
     python train.py ckpt_path=logs/tiny/version_0/checkpoints/step_0000500.ckpt
 
+SIGTERM or Ctrl-C saves a checkpoint after the current step and exits (status 128 + signal);
+a damaged checkpoint ends with one line (status 2); a non-finite loss ends naming the step
+(status 1; optim.on_nonfinite=skip skips such steps). docs/faults.md.
+
 Every key is listed by ``print_config=true``; defaults live in igsm/config.py, presets in
 configs/. A bad key or value exits with status 2 and one line on stderr, before anything runs.
 Multi-node: see scripts/slurm_example.sh (Lightning reads the SLURM environment).
@@ -30,26 +34,43 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Keys that may change between a run and its resumption without changing what it computes.
 RESUME_MAY_CHANGE = {"ckpt_path", "config", "print_config", "trainer.max_steps", "trainer.eval_every",
                      "trainer.checkpoint_every", "trainer.log_every_n_steps", "trainer.enable_progress_bar",
-                     "data.num_workers", "data.prefetch_batches", "eval.final", "eval.examples"}
+                     "data.num_workers", "data.prefetch_batches", "eval.final", "eval.examples",
+                     "optim.on_nonfinite", "optim.max_nonfinite_skips"}
 
 
 def find_resume(cfg: TrainConfig) -> tuple[Optional[str], Optional[int]]:
-    """(checkpoint file, version folder to reuse) for ``ckpt_path``; ConfigError when missing."""
+    """(checkpoint file, version folder to reuse) for ``ckpt_path``; ConfigError when missing,
+    igsm.faults.CheckpointError (one line) when the file given is damaged or foreign."""
     if cfg.ckpt_path is None:
         return None, None
+    from igsm.faults import CheckpointError, read_checkpoint  # loads torch: only when resuming
+
     run_root = Path(cfg.log_root) / cfg.name
     if cfg.ckpt_path == "last":
-        # The newest version folder with a checkpoint; in it, the newest of last.ckpt and the
-        # hpc_ckpt_<k>.ckpt Lightning writes when SLURM warns of the time limit.
+        # The newest version folder with a readable checkpoint; in it, the newest of last.ckpt, the
+        # hpc_ckpt_<k>.ckpt Lightning writes when SLURM warns of the time limit, and (when those
+        # are damaged) the periodic step_<N>.ckpt files. Unreadable ones are skipped with a warning.
+        skipped = []
         for version, folder in sorted(_version_folders(run_root), reverse=True):
-            candidates = [p for p in (folder / "checkpoints" / "last.ckpt", *folder.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
-            if candidates:
-                return str(max(candidates, key=lambda p: p.stat().st_mtime)), version
+            candidates = [p for p in (folder / "checkpoints" / "last.ckpt", *folder.glob("hpc_ckpt_*.ckpt"),
+                                      *(folder / "checkpoints").glob("step_*.ckpt")) if p.is_file()]
+            for path in sorted(candidates, key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True):
+                try:
+                    read_checkpoint(path, resume=True)
+                except CheckpointError as e:
+                    print(f"warning: ckpt_path='last' skips {path}: {str(e).split(': ', 1)[1]}", file=sys.stderr)
+                    skipped.append(path)
+                    continue
+                return str(path), version
+        if skipped:
+            raise CheckpointError(f"ckpt_path='last': none of the {len(skipped)} checkpoints under {run_root} "
+                                  "is readable (see the warnings above)")
         raise ConfigError(f"ckpt_path='last' is not allowed: no {run_root}/version_*/checkpoints/last.ckpt "
                           "(a run of this name has not saved a checkpoint yet)")
     path = Path(cfg.ckpt_path)
     if not path.is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path!r} is not allowed: no such file ('last' or a .ckpt file)")
+    read_checkpoint(path, resume=True)
     # A checkpoint inside one of this run's version folders continues in that folder.
     for version, folder in _version_folders(run_root):
         if folder.resolve() in path.resolve().parents:
@@ -61,17 +82,19 @@ def _version_folders(run_root: Path) -> list[tuple[int, Path]]:
     return [(int(m.group(1)), d) for d in run_root.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", d.name))]
 
 
-def warn_config_changes(cfg: TrainConfig, ckpt_file: str) -> None:
-    """Say which keys differ from the run that wrote the checkpoint (except harmless ones)."""
-    import torch
-
-    saved = torch.load(ckpt_file, map_location="cpu", mmap=True, weights_only=False)
+def warn_config_changes(cfg: TrainConfig, saved: dict) -> None:
+    """Say which keys differ from the run that wrote the checkpoint ``saved`` (except harmless ones)."""
     old = _flat(saved.get("hyper_parameters", {}).get("config", {}))
     new = _flat(config_to_dict(cfg))
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE)
     if changed:
         print("warning: resuming with settings that differ from the checkpoint's run: "
               + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed), file=sys.stderr)
+
+
+def _resume_args(argv: list[str]) -> list[str]:
+    """The command line that continues this run: the same arguments with ckpt_path=last."""
+    return [a for a in argv if not a.startswith("ckpt_path=")] + ["ckpt_path=last"]
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -118,6 +141,7 @@ def main(argv: Optional[list[str]] = None, extra_callbacks: Iterable = ()) -> in
     import lightning as L
 
     from igsm.data import IGSMDataModule
+    from igsm.faults import GracefulStop, NonFiniteError, read_checkpoint
     from igsm.lit import GPTLitModule
     from igsm.report_tb import ReportFigures
     from igsm.trainer import build_trainer
@@ -126,20 +150,42 @@ def main(argv: Optional[list[str]] = None, extra_callbacks: Iterable = ()) -> in
         import torch
 
         torch.set_num_threads(cfg.trainer.cpu_threads)
+    resumed_step = None
     if ckpt_file is not None:
-        warn_config_changes(cfg, ckpt_file)
+        saved = read_checkpoint(ckpt_file)
+        resumed_step = saved.get("global_step")
+        warn_config_changes(cfg, saved)
+        del saved
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # model init; the data never reads global RNGs
     datamodule = IGSMDataModule(cfg.data, cfg.eval, seed=cfg.seed)
     module = GPTLitModule(config=config_to_dict(cfg), tokenizer=datamodule.tokenizer.to_dict())
     accumulate = accumulation(cfg)
+    stopper = GracefulStop(cfg.trainer.eval_every)
     trainer = build_trainer(
         cfg.trainer, cfg.name, log_root=cfg.log_root, version=version, accumulate_grad_batches=accumulate,
         config_yaml=config_to_yaml(cfg),
         extra_info={"accumulate_grad_batches": accumulate, "parameters": module.model.num_params(),
                     "vocab_size": datamodule.tokenizer.vocab_size, "resumed_from": ckpt_file},
-        extra_callbacks=[ReportFigures(config_to_dict(cfg)), *extra_callbacks],  # TensorBoard figures, hparams
+        extra_callbacks=[ReportFigures(config_to_dict(cfg)), stopper, *extra_callbacks],  # TensorBoard figures, hparams
+        # Resuming in the run's folder: TensorBoard hides what the killed run logged after the
+        # checkpoint (this run logs those steps again), so no step appears twice.
+        purge_step=resumed_step if version is not None else None,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_file)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_file)
+    except NonFiniteError as e:
+        last = Path(trainer.log_dir or ".") / "checkpoints" / "last.ckpt"
+        kept = f"last good checkpoint {last} is untouched" if last.is_file() else "no checkpoint was written"
+        print(f"error: {e}; stopped ({kept}). Lower optim.lr, or set optim.on_nonfinite=skip", file=sys.stderr)
+        return 1
+    if stopper.signum is not None:
+        if trainer.is_global_zero:
+            import signal
+
+            last = Path(trainer.log_dir) / "checkpoints" / "last.ckpt"
+            print(f"{signal.Signals(stopper.signum).name}: stopped after step {trainer.global_step}, checkpoint "
+                  f"{last}; resume with: python train.py {' '.join(_resume_args(argv))}", file=sys.stderr)
+        return 128 + stopper.signum
     if cfg.eval.final and module.last_eval_step != trainer.global_step:
         trainer.validate(module, datamodule=datamodule, verbose=False)
     run_dir = trainer.log_dir  # a broadcast from rank 0: every rank must ask

@@ -202,6 +202,11 @@ class OptimConfig:
     warmup_steps: int = 1000
     min_lr_ratio: float = 0.01  # the cosine ends at min_lr_ratio * lr at trainer.max_steps
     grad_clip: Optional[float] = 1.0  # max global gradient norm; None = no clipping
+    # A step whose loss or gradient norm is not finite: "stop" the run there (exit 1, naming the
+    # step; the checkpoints on disk stay as they were) or "skip" its update, at most
+    # max_nonfinite_skips times in the run (then stop). docs/faults.md.
+    on_nonfinite: str = "stop"
+    max_nonfinite_skips: int = 10
 
 
 @dataclass
@@ -368,6 +373,8 @@ def validate_optim(cfg: OptimConfig, prefix: str = "optim.") -> None:
     _check(cfg.warmup_steps >= 0, prefix + "warmup_steps", cfg.warmup_steps, "an integer >= 0")
     _check(0 <= cfg.min_lr_ratio <= 1, prefix + "min_lr_ratio", cfg.min_lr_ratio, "a float in [0, 1]")
     _check(cfg.grad_clip is None or cfg.grad_clip > 0, prefix + "grad_clip", cfg.grad_clip, "null or a float > 0")
+    _check(cfg.on_nonfinite in ("stop", "skip"), prefix + "on_nonfinite", cfg.on_nonfinite, "'stop' or 'skip'")
+    _check(cfg.max_nonfinite_skips >= 0, prefix + "max_nonfinite_skips", cfg.max_nonfinite_skips, "an integer >= 0")
 
 
 def validate_trainer(cfg: TrainerConfig, prefix: str = "trainer.") -> None:

@@ -300,7 +300,24 @@ class IGSMDataModule(L.LightningDataModule):
         return DataLoader(
             dataset, batch_size=None, num_workers=workers, collate_fn=collate_fn, pin_memory=on_gpu,
             prefetch_factor=self.data_cfg.prefetch_batches if workers > 0 else None,
+            worker_init_fn=worker_ignores_stop_signals if workers > 0 else None,
         )
+
+
+def worker_ignores_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGINT / SIGTERM to the main process, which finishes its step and
+    saves a checkpoint (igsm.faults.GracefulStop): Ctrl-C signals every process of the job, and a
+    worker that died of it would end the run with a traceback. Workers still exit with the main
+    process. Also Lightning's worker seeding, which it adds only when no worker_init_fn is set."""
+    import os
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if os.environ.get("PL_SEED_WORKERS") == "1":
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id)
 
 
 __all__ = [

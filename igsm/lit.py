@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections import deque
 from functools import partial
@@ -50,6 +51,7 @@ from igsm.cli_config import config_from_dict
 from igsm.config import BucketSpec, TrainConfig, parse_bucket
 from igsm.data import EvalBatch
 from igsm.decode import greedy_decode
+from igsm.faults import NonFiniteError, decode_in_chunks
 from igsm.model import GPT
 from igsm.tokenizer import Tokenizer, tokenizer_from_dict
 from igsm.verify import ERROR_KINDS
@@ -165,6 +167,9 @@ class GPTLitModule(L.LightningModule):
         self._flops_per_token = 0
         self._examples_logged: set[int] = set()
         self._letter_ids: Optional[torch.Tensor] = None  # token ids of a..zA..Z (letter_loss=uniform)
+        self._losses_finite: Optional[torch.Tensor] = None  # this optimizer step's micro-batch losses so far
+        self.nonfinite_skips = 0  # steps skipped under optim.on_nonfinite=skip (kept in checkpoints)
+        self._eval_chunk: Optional[int] = None  # prompts decoded at once after an out-of-memory halving
 
     # -- forward and loss ------------------------------------------------------------------------
 
@@ -252,6 +257,47 @@ class GPTLitModule(L.LightningModule):
         max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip is not None else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         self.log("train/grad_norm", norm)
+        self.check_finite(norm)
+
+    # -- divergence ------------------------------------------------------------------------------
+
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        finite = torch.isfinite(loss.detach())  # no host sync here: check_finite reads it once per step
+        self._losses_finite = finite if self._losses_finite is None else self._losses_finite & finite
+
+    def check_finite(self, norm: torch.Tensor) -> None:
+        """Stop, or skip the update of, a step whose gradient norm or loss is not finite
+        (``optim.on_nonfinite``); called before the optimizer step, so no bad update is applied and
+        no checkpoint is written. One host sync per step. The norm is of the all-reduced gradients,
+        identical on every rank, so under DDP only it decides (a non-finite loss on any rank makes
+        it non-finite); with float16's loss scaler, overflowing steps are the scaler's business."""
+        losses, self._losses_finite = self._losses_finite, None
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return
+        checks = [norm.detach().float().reshape(1)]
+        if losses is not None and self.trainer.world_size == 1:
+            checks.append(torch.where(losses, 0.0, float("nan")).reshape(1).to(checks[0]))
+        value = torch.cat(checks).sum()
+        if bool(torch.isfinite(value)):
+            return
+        step = self.global_step + 1  # the step being taken; checkpoints count completed steps
+        o = self.cfg.optim
+        if o.on_nonfinite == "skip" and self.nonfinite_skips < o.max_nonfinite_skips:
+            self.nonfinite_skips += 1
+            for p in self.model.parameters():
+                p.grad = None  # AdamW leaves parameters without a gradient untouched: no update at all
+            if self.trainer.is_global_zero:
+                print(f"warning: non-finite loss or gradient norm ({value.item()}) at optimizer step {step}: "
+                      f"update skipped ({self.nonfinite_skips} of optim.max_nonfinite_skips="
+                      f"{o.max_nonfinite_skips})", file=sys.stderr, flush=True)
+            return
+        raise NonFiniteError(step, value.item(), self.nonfinite_skips)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["nonfinite_skips"] = self.nonfinite_skips
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.nonfinite_skips = checkpoint.get("nonfinite_skips", 0)
 
     # -- throughput ------------------------------------------------------------------------------
 
@@ -296,13 +342,27 @@ class GPTLitModule(L.LightningModule):
                              batch_size=len(prompts),
                              fresh_letters=t.letter_slot_ids() if self.cfg.eval.fresh_letters else None)
 
+    def decode_fitting(self, prompts: list[list[int]]) -> list[list[int]]:
+        """:meth:`decode`, in halves when a batch runs out of memory; the smaller size then holds
+        for the rest of the run (one warning per halving). Identical results to a run started with
+        that ``eval.batch_size`` (:func:`igsm.faults.decode_in_chunks`)."""
+        chunk = min(len(prompts), self._eval_chunk or len(prompts))
+        generations, fitted = decode_in_chunks(self.decode, prompts, chunk, on_halve=self._warn_halved)
+        if fitted < len(prompts):
+            self._eval_chunk = fitted
+        return generations
+
+    def _warn_halved(self, old: int, new: int) -> None:
+        print(f"warning: out of memory decoding {old} evaluation prompts at once; going on with {new} at a "
+              f"time (results as with eval.batch_size={new}; set it to start there)", file=sys.stderr, flush=True)
+
     def on_validation_epoch_start(self) -> None:
         self._examples_logged = set()
 
     def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
         from igsm.verify import verify_solution
 
-        generations = self.decode(batch.prompts)
+        generations = self.decode_fitting(batch.prompts)
         correct = answer_correct = unnecessary = 0
         examples, errors = [], []
         for problem, generated in zip(batch.problems, generations):

@@ -41,6 +41,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from igsm.config import TrainerConfig
+from igsm.faults import hang
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -54,6 +55,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()
+                hang("save", checkpoint.get("global_step", -1))  # tests kill the run here
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         finally:
@@ -64,7 +66,44 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class RunCheckpoint(ModelCheckpoint):
     """ModelCheckpoint that also refreshes last.ckpt when training ends between two periodic saves
     (Lightning's only does so if no last.ckpt was written in this run), so resuming or probing
-    from last.ckpt always starts from the final weights."""
+    from last.ckpt always starts from the final weights.
+
+    Nothing logged before a checkpoint is lost when the run is killed after it: the loggers are
+    flushed before each save, and at a step that is also evaluated the save waits for the end of
+    the evaluation (a kill during it then redoes the evaluation instead of skipping it).
+    ``eval_every``: the steps between periodic evaluations (None = none)."""
+
+    def __init__(self, *args: Any, eval_every: Optional[int] = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.eval_every = eval_every
+        self._step_seen = -1  # global_step at the previous batch end: a change marks an optimizer step
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._step_seen = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step, stepped = trainer.global_step, trainer.global_step != self._step_seen
+        self._step_seen = step
+        if not stepped:
+            # Inside a gradient accumulation. Lightning would save here on the first micro-batch
+            # after a resume (global_step still a multiple of checkpoint_every, and it forgets
+            # which step it saved last): a checkpoint in mid-accumulation, from which a second
+            # resume shifts every later accumulation window by the micro-batches already done.
+            return
+        if (self.eval_every is not None and step % self.eval_every == 0 and step < trainer.max_steps
+                and self._every_n_train_steps >= 1 and step % self._every_n_train_steps == 0):
+            self._defer_save_until_validation = True  # ModelCheckpoint.on_validation_end saves
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if trainer.is_global_zero and hasattr(experiment, "flush"):
+                experiment.flush()
+        super()._save_checkpoint(trainer, filepath)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
@@ -103,20 +142,25 @@ def build_trainer(
     config_yaml: Optional[str] = None,
     extra_info: Optional[dict] = None,
     extra_callbacks: Iterable[Callback] = (),
+    purge_step: Optional[int] = None,
     **trainer_kwargs: Any,
 ) -> L.Trainer:
     """The Lightning Trainer of a run.
 
     ``version``: None = a new ``version_N`` folder, an int = reuse that folder (resume).
     ``config_yaml``: the resolved config, written to ``config.yaml`` by rank 0.
+    ``purge_step``: TensorBoard hides the events of this folder logged at that step or later (a
+    resumed run logs them again).
     ``trainer_kwargs`` go to ``L.Trainer`` last (probe.py sets e.g. ``max_epochs`` there).
     """
-    logger = TensorBoardLogger(save_dir=log_root, name=name, version=version, default_hp_metric=False)
+    tb_kwargs = {} if purge_step is None else {"purge_step": purge_step}
+    logger = TensorBoardLogger(save_dir=log_root, name=name, version=version, default_hp_metric=False, **tb_kwargs)
     if version is not None:  # resuming into the run's own folder: its checkpoints are expected there
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     callbacks: list[Callback] = [
         RunCheckpoint(filename="step_{step:07d}", auto_insert_metric_name=False,
-                      every_n_train_steps=cfg.checkpoint_every, save_top_k=-1, save_last=True),
+                      every_n_train_steps=cfg.checkpoint_every, save_top_k=-1, save_last=True,
+                      eval_every=cfg.eval_every),
         LearningRateMonitor(logging_interval="step"),
     ]
     if cfg.enable_progress_bar:

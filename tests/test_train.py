@@ -149,9 +149,10 @@ def test_ckpt_path_last_without_a_run_fails_before_anything_runs(tmp_path, capsy
 
 
 def test_ckpt_path_last_picks_the_newest_checkpoint_of_the_newest_version(tmp_path) -> None:
-    def touch(path: Path, mtime: float) -> None:
+    def touch(path: Path, mtime: float) -> None:  # the smallest file find_resume accepts as a checkpoint
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"")
+        torch.save({"state_dict": {}, "hyper_parameters": {"config": {}, "tokenizer": {}},
+                    "optimizer_states": [], "loops": {}}, path)
         import os
         os.utime(path, (mtime, mtime))
 

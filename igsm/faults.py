@@ -1,0 +1,217 @@
+"""Surviving faults: damaged checkpoints, preemption signals, non-finite steps, evaluation OOM.
+
+What each piece is for (docs/faults.md, "When things go wrong", tells users):
+
+- :func:`read_checkpoint` opens a ``.ckpt`` file and says in one line what is wrong with it
+  (truncated, not a torch file, not a ``train.py`` checkpoint) instead of a long traceback.
+- :class:`GracefulStop` turns SIGTERM / SIGINT (Ctrl-C) during training into "finish this optimizer
+  step, save ``last.ckpt``, exit"; a second signal exits at once.
+- :class:`NonFiniteError` ends a run whose loss or gradient norm is not finite
+  (``trainer.on_nonfinite``), naming the step.
+- :func:`decode_in_chunks` decodes an evaluation batch that does not fit in memory in halves.
+
+Test hooks: ``IGSM_TEST_HANG="<where>:<n>,..."`` makes a run stop and wait at a chosen moment (after
+micro-batch ``n`` = ``batch:n``, while writing the checkpoint of step ``n`` = ``save:n``, in the
+evaluation at step ``n`` = ``eval:n``), after appending ``<where>:<n>`` to the file named by
+``IGSM_TEST_HANG_MARKER``, so that tests can kill it there without sleeping for fixed times.
+A ``batch`` wait ends when a stop signal arrives; the others wait until the process is killed.
+Only tests set these variables.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from igsm.config import ConfigError
+
+HANG_ENV, HANG_MARKER_ENV = "IGSM_TEST_HANG", "IGSM_TEST_HANG_MARKER"
+
+
+# -- damaged checkpoints -------------------------------------------------------------------------
+
+class CheckpointError(ConfigError):
+    """A checkpoint file that cannot be used; the message is one line naming the file."""
+
+
+def read_checkpoint(path: str | Path, key: str = "ckpt_path", *, resume: bool = False) -> dict:
+    """The checkpoint at ``path`` (tensors memory-mapped, so cheap), or :class:`CheckpointError`
+    saying what is wrong. ``resume``: it must also hold the optimizer and loop state of a run."""
+    where = f"{key}={str(path)!r}"
+    try:
+        size = os.path.getsize(path)
+    except OSError as e:
+        raise CheckpointError(f"{where}: cannot be read ({e.strerror})") from None
+    if size == 0:
+        raise CheckpointError(f"{where}: the file is empty (0 bytes): a copy or a write that was cut short")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive
+        raise CheckpointError(f"{where}: not a checkpoint (not a file torch.save wrote; it starts with {head!r})")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()  # reads every record and checks its CRC: ~1 s per GB
+    except zipfile.BadZipFile:
+        raise CheckpointError(f"{where}: truncated or damaged ({size} bytes, and the end of the zip archive "
+                              "torch.save writes is missing)") from None
+    except (OSError, EOFError) as e:
+        raise CheckpointError(f"{where}: truncated or damaged ({size} bytes; {e})") from None
+    if bad is not None:
+        raise CheckpointError(f"{where}: damaged (record {bad} fails its checksum)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as e:  # torch raises many kinds here; each means the same thing to a user
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{where}: not a readable torch checkpoint ({type(e).__name__}: {first})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{where}: a torch file but not a Lightning checkpoint (no 'state_dict')")
+    hparams = ckpt.get("hyper_parameters") or {}
+    if not {"config", "tokenizer"} <= set(hparams):
+        what = "a probe run's checkpoint" if "tasks" in hparams else "a Lightning checkpoint of another model"
+        raise CheckpointError(f"{where}: {what}, not one written by train.py (no config and tokenizer "
+                              "in its hyper-parameters)")
+    if resume and not {"optimizer_states", "loops"} <= set(ckpt):
+        raise CheckpointError(f"{where}: holds weights only, without the optimizer and loop state needed "
+                              "to resume a run")
+    return ckpt
+
+
+# -- preemption: SIGTERM / SIGINT ----------------------------------------------------------------
+
+class GracefulStop(Callback):
+    """On SIGTERM or SIGINT during training: finish the current optimizer step, stop, and let the
+    checkpoint callback write ``last.ckpt`` (it does so when training ends). A second signal exits
+    at once with status 128 + signal number, leaving the checkpoints already on disk as they are.
+
+    Under SLURM with auto-requeue Lightning owns SIGTERM (it saves ``hpc_ckpt_*.ckpt`` on SIGUSR1 and
+    then ignores SIGTERM), so only SIGINT is taken there. Under DDP the decision is agreed by all
+    ranks at each optimizer step (one small all-reduce, next to the one Lightning makes for SIGTERM).
+    """
+
+    def __init__(self, eval_every: Optional[int] = None) -> None:
+        self.eval_every = eval_every  # an evaluation due at the stop step still runs (and is saved)
+        self.signum: Optional[int] = None  # the first signal received
+        self.stopped_at: Optional[int] = None  # the optimizer step training stopped after
+        self._previous: dict[int, Any] = {}
+        self._last_step = -1
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        global _ACTIVE
+        _ACTIVE = self
+        self._last_step = trainer.global_step
+        signals = [signal.SIGINT]
+        env = trainer._accelerator_connector.cluster_environment
+        if not getattr(env, "auto_requeue", False) or type(env).__name__ != "SLURMEnvironment":
+            signals.append(signal.SIGTERM)
+        for signum in signals:
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            print(f"\n{name} again: exiting at once, without a checkpoint of this step", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.signum = signum
+        print(f"\n{name} received: stopping after this optimizer step and saving a checkpoint "
+              f"({name} again exits at once)", file=sys.stderr, flush=True)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        hang("batch", trainer.fit_loop.total_batch_idx + 1)
+        if trainer.global_step == self._last_step:  # inside an accumulation: not a step boundary
+            return
+        self._last_step = trainer.global_step
+        stop = self.signum is not None
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            self.signum = self.signum or signal.SIGTERM
+            self.stopped_at = trainer.global_step
+            trainer.should_stop = True
+            if not (self.eval_every and trainer.global_step % self.eval_every == 0):
+                # Lightning evaluates when a run stops early; a preempted run has no time for that.
+                trainer.fit_loop.epoch_loop._skip_next_val = True
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if trainer.state.fn == "fit":
+            hang("eval", trainer.global_step)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.teardown(trainer, pl_module, "fit")
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        global _ACTIVE
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+        _ACTIVE = None
+
+
+_ACTIVE: Optional[GracefulStop] = None  # the handler a "batch" test hang waits on
+
+
+def hang(where: str, n: int) -> None:
+    """The test hook of the module docstring; returns at once unless IGSM_TEST_HANG names this moment."""
+    spec = os.environ.get(HANG_ENV)
+    if not spec or f"{where}:{n}" not in spec.split(","):
+        return
+    marker = os.environ.get(HANG_MARKER_ENV)
+    if marker:
+        with open(marker, "a") as f:
+            f.write(f"{where}:{n}\n")
+    while not (where == "batch" and _ACTIVE is not None and _ACTIVE.signum is not None):
+        time.sleep(0.01)
+
+
+# -- divergence ------------------------------------------------------------------------------------
+
+class NonFiniteError(RuntimeError):
+    """The loss or gradient norm of a step is not finite (``trainer.on_nonfinite``)."""
+
+    def __init__(self, step: int, value: float, skipped: int) -> None:
+        self.step, self.value, self.skipped = step, value, skipped
+        extra = f" after skipping {skipped} such steps (trainer.max_nonfinite_skips)" if skipped else ""
+        super().__init__(f"non-finite loss or gradient norm ({value}) at optimizer step {step}{extra}")
+
+
+# -- out of memory in evaluation ---------------------------------------------------------------------
+
+def decode_in_chunks(decode: Callable[[list], list], prompts: list, chunk: int,
+                     on_halve: Optional[Callable[[int, int], None]] = None) -> tuple[list, int]:
+    """``decode`` over consecutive chunks of at most ``chunk`` prompts; a chunk that runs out of
+    memory is retried in halves. Returns (the outputs in order, the chunk size that fitted), so the
+    caller can start there next time. Consecutive chunks are exactly the batches a run with the
+    smaller ``eval.batch_size`` decodes when that size divides the batch (always for halvings of a
+    power of two), so the results are the same. ``on_halve(old, new)`` is told of each halving."""
+    out: list = []
+    start = 0
+    while start < len(prompts):
+        part = prompts[start:start + chunk]
+        try:
+            out.extend(decode(part))
+            start += len(part)
+            continue
+        except torch.OutOfMemoryError:
+            if chunk == 1:
+                raise
+        # Out of the except block, so the failed attempt's tensors (held by the traceback) are freed.
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if on_halve is not None:
+            on_halve(chunk, chunk // 2)
+        chunk //= 2
+    return out, chunk
+
+
+__all__ = ["CheckpointError", "read_checkpoint", "GracefulStop", "hang", "NonFiniteError", "decode_in_chunks"]
