@@ -98,7 +98,7 @@ def documented_commands() -> list[tuple[str, list[str]]]:
                     variables[var] = re.sub(r"\$\{" + name + r"\[[^]]*\]\}", str(matches[0].relative_to(ROOT)), value)
         for m in re.finditer(r"python (train|probe)\.py((?: +[^\s#`|>]+)*)", text):
             args = m.group(2).split()
-            if any(c in a for a in args for c in "<();") or re.search(r"=[A-Z]+(\s|$)", m.group(2)):
+            if any(c in a for a in args for c in "<();") or "..." in args or re.search(r"=[A-Z]+(\s|$)", m.group(2)):
                 continue  # a template in prose (config=FILE name=PREFIX/<stem>), not a command line
             if '"${ARGS[@]}"' in args:
                 array = re.search(r"^ARGS=\((.*)\)$", text, flags=re.M).group(1)
