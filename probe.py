@@ -79,7 +79,11 @@ def build_controls(cfg: ProbeConfig, backbone, gen_cfg, datamodule) -> tuple[Opt
 
     p = cfg.probe
     bf16 = str(cfg.trainer.precision).startswith("bf16")
-    device = "cuda" if cfg.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu"
+    device = "cpu"
+    if cfg.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        import os  # under DDP every rank runs this on its own GPU (same seed: the same copies, up to GPU nondeterminism)
+
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', os.environ.get('SLURM_LOCALID', 0)))}"
     solved = None
     if p.split_by_solved:
         t0 = time.time()

@@ -469,7 +469,10 @@ class VProbe(pl.LightningModule):
     def _solved_entry(self, task: str, scalars: dict[str, float]) -> Optional[dict]:
         """``{"solved": {...}, "unsolved": {...}}``: per group the pairs and every backbone's and the
         majority's accuracy (last head); None when this run has no solved split."""
-        if not getattr(self, "_solved_split", False):
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        # every rank must take the same branch (compute() syncs): ask the data module when there is one
+        split = datamodule.solved is not None if hasattr(datamodule, "solved") else getattr(self, "_solved_split", False)
+        if not split:
             return None
         out = {}
         for group in SOLVED_GROUPS:
