@@ -5,6 +5,9 @@
     python probe.py ckpt=... probe.tasks=[nece,dep] probe.layers=all probe.control=random_init
     python probe.py ckpt=... preset=probe_med trainer.devices=8 trainer.strategy=ddp
     python probe.py ckpt=... probe.analysis=true     # also the error analysis (analysis.json)
+    python probe.py ckpt=... probe.positive_control=true    # + a backbone that holds each label
+    python probe.py ckpt=... probe.shuffle_labels=true      # negative control: labels nothing holds
+    python probe.py ckpt=... probe.test_split=train probe.split_by_solved=true  # where the model is competent
     python probe.py print_config=true                # resolved config, then exit
 
 Trains one probe per (task, backbone) at once (the trained backbone and/or the random-init
@@ -87,13 +90,64 @@ def check_transformers_folder(path: str) -> None:
 
 
 def summary_lines(results: dict) -> list[str]:
-    lines = [f"{'task':>10}  {'trained':>8}  {'random':>8}  {'majority':>8}  {'n':>6}"]
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    positive = any("positive_acc" in e for e in results["tasks"].values())
+    extra = f"  {'positive':>8}  {'fine-tuned':>10}" if positive else ""
+    lines = [f"{'task':>10}  {'trained':>8}  {'random':>8}  {'majority':>8}{extra}  {'n':>6}"]
     for task, e in results["tasks"].items():
-        def pct(x):
-            return "-" if x is None else f"{100 * x:.1f}%"
+        extra = f"  {pct(e.get('positive_acc')):>8}  {pct(e.get('positive_finetuned_acc')):>10}" if positive else ""
         lines.append(f"{task:>10}  {pct(e.get('acc')):>8}  {pct(e.get('random_init_acc')):>8}  "
-                     f"{pct(e.get('majority_acc')):>8}  {e['n_test_pairs']:>6}")
+                     f"{pct(e.get('majority_acc')):>8}{extra}  {e['n_test_pairs']:>6}")
+        for group, g in e.get("by_solved", {}).items():
+            lines.append(f"{'  ' + group:>10}  {pct(g.get('acc')):>8}  {pct(g.get('random_init_acc')):>8}  "
+                         f"{pct(g.get('majority_acc')):>8}"
+                         + (f"  {pct(g.get('positive_acc')):>8}  {'':>10}" if positive else "")
+                         + f"  {g['n_test_pairs']:>6}")
     return lines
+
+
+def build_controls(cfg: ProbeConfig, backbone, gen_cfg, datamodule) -> tuple[Optional[dict], Optional[list]]:
+    """The positive-control copies (per task) and the per-test-problem solved flags, as asked.
+
+    Every rank computes both itself (deterministic, same result): no collective needed.
+    """
+    import torch
+
+    from probing.controls import finetune_positive, solved_flags
+
+    p = cfg.probe
+    bf16 = str(cfg.trainer.precision).startswith("bf16")
+    device = "cpu"
+    if cfg.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        import os  # under DDP every rank runs this on its own GPU (same seed: the same copies, up to GPU nondeterminism)
+
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', os.environ.get('SLURM_LOCALID', 0)))}"
+    solved = None
+    if p.split_by_solved:
+        t0 = time.time()
+        split, stream = datamodule.test_split_stream()
+        model = backbone.model.to(device)
+        solved = solved_flags(model, backbone.tokenizer, gen_cfg, split=split, n=p.test_problems, seed=cfg.seed,
+                              stream=stream, batch_size=cfg.analysis.batch_size,
+                              fresh_letters=backbone.train_config.eval.fresh_letters, bf16=bf16)
+        backbone.model.cpu()
+        datamodule.solved = solved
+        known = [s for s in solved if s is not None]
+        print(f"solved split: the backbone solves {sum(known)}/{len(known)} {split}-template test problems "
+              f"({time.time() - t0:.0f}s)")
+    positive = None
+    if p.positive_control:
+        positive = {}
+        for task in p.tasks:
+            t0 = time.time()
+            positive[task] = finetune_positive(
+                backbone.model, backbone.tokenizer, gen_cfg, task, steps=p.positive_steps, lr=p.positive_lr,
+                batch_size=p.batch_size, draws=p.draws, seed=cfg.seed, shuffle_labels=p.shuffle_labels,
+                bf16=bf16, device=device)
+            print(f"positive control: fine-tuned a copy for {task} ({p.positive_steps} steps, {time.time() - t0:.0f}s)")
+    return positive, solved
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -146,11 +200,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     device_batch, length_chunks = per_device_sizes(cfg)
     datamodule = ProbeDataModule(backbone.tokenizer, gen_cfg, p.tasks, batch_size=device_batch, draws=p.draws,
                                  train_problems=p.train_problems, test_problems=p.test_problems, seed=cfg.seed,
-                                 num_workers=p.num_workers)
+                                 num_workers=p.num_workers, test_split=p.test_split, shuffle_labels=p.shuffle_labels)
+    positive, solved = build_controls(cfg, backbone, gen_cfg, datamodule)
     module = VProbe(backbone.model, p.tasks, rank=p.rank, layers=p.layers, control=p.control, lr=p.lr,
                     weight_decay=p.weight_decay, warmup_steps=p.warmup_steps, betas=tuple(p.betas),
                     v_init_std=p.v_init_std, seed=cfg.seed, checkpoint_activations=p.checkpoint_activations,
-                    length_chunks=length_chunks)
+                    length_chunks=length_chunks, positive=positive)
     module.backbone_ckpt = ckpt
     trainer = build_trainer(
         cfg.trainer, name, log_root=cfg.log_root, config_yaml=config_to_yaml(cfg),
@@ -178,6 +233,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                       for t in p.tasks}},
         **results,
     }
+    if p.positive_control or p.shuffle_labels:
+        results["controls"] = {"positive_control": p.positive_control, "shuffle_labels": p.shuffle_labels,
+                               "positive_steps": p.positive_steps if p.positive_control else None,
+                               "positive_lr": p.positive_lr if p.positive_control else None}
+    if solved is not None:
+        known = [s for s in solved if s is not None]
+        results["solved"] = {"test_split": p.test_split, "n_problems": len(known), "n_solved": sum(known),
+                             "rate": sum(known) / len(known) if known else None}
     nece = results["tasks"].get("nece", {}).get("trained", {}).get("by_distance")
     if nece is not None:
         results["nece_by_distance"] = nece

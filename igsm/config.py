@@ -492,6 +492,7 @@ __all__ += [
 PROBE_TASKS = ("nece", "dep", "known", "value", "can_next", "nece_next")  # = probing.labels.TASKS
 PROBE_LAYERS = ("last", "all")
 PROBE_CONTROLS = ("none", "random_init", "both")
+PROBE_TEST_SPLITS = ("test", "train")
 
 
 @dataclass
@@ -520,6 +521,13 @@ class ProbeOptions:
     # 500-790), 1 on CPU (the tiny default's rows are short and alike).
     length_chunks: Optional[int] = None
     analysis: bool = False  # run the error analysis (spec 12) after probing
+    # Controls that bound what a probe result means (docs/probing-controls.md)
+    test_split: str = "test"  # test pairs from "test"-template problems, or fresh "train"-template problems
+    split_by_solved: bool = False  # also split test accuracy by whether the backbone solves the problem
+    positive_control: bool = False  # also probe, per task, a backbone copy fine-tuned to hold the label
+    positive_steps: int = 300  # fine-tuning steps of each positive-control copy (batch_size pairs each)
+    positive_lr: float = 1.0e-3  # its AdamW learning rate (linear decay to 0, no weight decay)
+    shuffle_labels: bool = False  # negative control: every label taken from a random pair of another problem
 
 
 @dataclass
@@ -580,6 +588,9 @@ def validate_probe(cfg: ProbeConfig) -> None:
     world = cfg.trainer.devices * cfg.trainer.num_nodes
     _check(p.batch_size % world == 0, "probe.batch_size", p.batch_size,
            f"a multiple of trainer.devices * trainer.num_nodes = {world} (the batch is global, split among devices)")
+    _check(p.test_split in PROBE_TEST_SPLITS, "probe.test_split", p.test_split, f"one of {list(PROBE_TEST_SPLITS)}")
+    _check(p.positive_steps >= 1, "probe.positive_steps", p.positive_steps, "an integer >= 1")
+    _check(p.positive_lr > 0, "probe.positive_lr", p.positive_lr, "a float > 0")
     a = cfg.analysis
     _check(a.n >= 1, "analysis.n", a.n, "an integer >= 1")
     _check(a.reask_op is None or 1 <= a.reask_op <= MAX_OP, "analysis.reask_op", a.reask_op,
@@ -591,5 +602,5 @@ def validate_probe(cfg: ProbeConfig) -> None:
            "trainer.precision", cfg.trainer.precision, "'32-true', 'bf16-mixed' or null on CPU")
 
 
-__all__ += ["PROBE_TASKS", "PROBE_LAYERS", "PROBE_CONTROLS", "ProbeOptions", "AnalysisConfig", "ProbeConfig",
+__all__ += ["PROBE_TASKS", "PROBE_LAYERS", "PROBE_CONTROLS", "PROBE_TEST_SPLITS", "ProbeOptions", "AnalysisConfig", "ProbeConfig",
             "validate_probe"]

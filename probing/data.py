@@ -38,6 +38,8 @@ from igsm.problem import Problem
 from probing.labels import TASKS, ProblemLabels, check_task, draw_queries
 
 PROBE_STREAM = "probe"
+HELDOUT_STREAM = "probe_heldout"  # test pairs from fresh training-template problems (probe.test_split=train)
+DONOR_STREAM = "probe_label_donor"  # the problems whose labels shuffle_labels hands out
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,17 +103,21 @@ def query_ids(tokenizer, prefix: Sequence[int], a_name: str, b_name: Optional[st
 
 
 def collate_pairs(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad ``ids`` to the longest row; ``end`` = each row's last real index (its ``[END]``)."""
+    """Right-pad ``ids`` to the longest row; ``end`` = each row's last real index (its ``[END]``).
+    Rows with a ``solved`` flag (1, 0, -1 = unknown) also give ``solved`` [B]."""
     T = max(len(r["ids"]) for r in rows)
     idx = torch.full((len(rows), T), pad_id, dtype=torch.long)  # [B, T]
     for i, r in enumerate(rows):
         idx[i, : len(r["ids"])] = torch.tensor(r["ids"], dtype=torch.long)
-    return {
+    out = {
         "idx": idx,
         "end": torch.tensor([len(r["ids"]) - 1 for r in rows], dtype=torch.long),  # [B]
         "label": torch.tensor([r["label"] for r in rows], dtype=torch.long),  # [B]
         "dist": torch.tensor([r["dist"] for r in rows], dtype=torch.long),  # [B]
     }
+    if "solved" in rows[0]:
+        out["solved"] = torch.tensor([r["solved"] for r in rows], dtype=torch.long)  # [B]
+    return out
 
 
 class PairCollate:
@@ -134,10 +140,11 @@ class PairCollate:
 # Datasets
 # --------------------------------------------------------------------------------------------
 
-def probe_problem(gen_cfg: GeneratorConfig, seed: int, split: str, index: int) -> Problem:
-    """The probe problem at ``index`` of a split (template split of ``gen_cfg``)."""
+def probe_problem(gen_cfg: GeneratorConfig, seed: int, split: str, index: int, stream: str = PROBE_STREAM) -> Problem:
+    """The probe problem at ``index`` of a split (template split of ``gen_cfg``); another
+    ``stream`` gives other problems of the same split."""
     cfg = replace(gen_cfg, split=split)
-    return generate_problem(cfg, problem_rng(seed, PROBE_STREAM, split, index), world_for(cfg))
+    return generate_problem(cfg, problem_rng(seed, stream, split, index), world_for(cfg))
 
 
 def problem_pairs(tokenizer, problem: Problem, task: str, rng, draws: int = 10) -> list[dict]:
@@ -155,24 +162,53 @@ def problem_pairs(tokenizer, problem: Problem, task: str, rng, draws: int = 10) 
 
 
 class ProbeDataset(Dataset):
-    """Item ``i`` = the list of (up to ``draws``) probe inputs of problem ``i`` for one task."""
+    """Item ``i`` = the list of (up to ``draws``) probe inputs of problem ``i`` for one task.
+
+    ``stream``: which problems of the split (``HELDOUT_STREAM``: fresh ones, never trained on).
+    ``shuffle_labels`` (the negative control): each pair's label is that of a random pair of
+    another problem (the same index of ``DONOR_STREAM``), so no input holds its label; the
+    labels' distribution stays the task's. ``solved``: per problem index, whether the backbone
+    solves it (None = unknown); rows then carry ``solved`` = 1, 0 or -1.
+    """
 
     def __init__(self, tokenizer, gen_cfg: GeneratorConfig, task: str, split: str, n_problems: int,
-                 seed: int = 0, draws: int = 10):
+                 seed: int = 0, draws: int = 10, *, stream: str = PROBE_STREAM, shuffle_labels: bool = False,
+                 solved: Optional[Sequence[Optional[bool]]] = None):
         self.tokenizer, self.gen_cfg = tokenizer, gen_cfg
         self.task, self.split, self.n, self.seed, self.draws = check_task(task), split, n_problems, seed, draws
+        self.stream, self.shuffle_labels, self.solved = stream, shuffle_labels, solved
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, index: int) -> list[dict]:
         try:
-            problem = probe_problem(self.gen_cfg, self.seed, self.split, index)
+            problem = probe_problem(self.gen_cfg, self.seed, self.split, index, self.stream)
         except GenerationError:  # the generator gave up on this draw (rare): no pairs
             return []
-        rng = problem_rng(self.seed, PROBE_STREAM, self.split, index, self.task)
-        return [{k: r[k] for k in ("ids", "label", "dist")}
+        rng = problem_rng(self.seed, self.stream, self.split, index, self.task)
+        rows = [{k: r[k] for k in ("ids", "label", "dist")}
                 for r in problem_pairs(self.tokenizer, problem, self.task, rng, self.draws)]
+        if self.shuffle_labels and rows:
+            donor_labels = self._donor_labels(index)
+            if not donor_labels:
+                return []
+            pick = problem_rng(self.seed, DONOR_STREAM, "pick", self.split, index, self.task)
+            for r in rows:
+                r["label"], r["dist"] = pick.choice(donor_labels), -1
+        if self.solved is not None:
+            flag = self.solved[index] if index < len(self.solved) else None
+            for r in rows:
+                r["solved"] = -1 if flag is None else int(flag)
+        return rows
+
+    def _donor_labels(self, index: int) -> list[int]:
+        try:
+            donor = probe_problem(self.gen_cfg, self.seed, self.split, index, DONOR_STREAM)
+        except GenerationError:
+            return []
+        rng = problem_rng(self.seed, DONOR_STREAM, self.split, index, self.task)
+        return [r["label"] for r in problem_pairs(self.tokenizer, donor, self.task, rng, self.draws)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,12 +235,20 @@ class ProbeDataModule(pl.LightningDataModule if pl is not None else object):
     their pairs. Under DDP each loader gets its own distributed sampler (training: equal shards;
     test: unpadded, so no pair is counted twice); ``train_problems`` = 0 sizes the training set to
     ``max_steps`` (no problem is seen twice).
+    ``test_split="train"`` draws the test pairs from fresh training-template problems (another
+    stream: none of them is a probe training problem), where a small backbone may be competent.
     """
 
     def __init__(self, tokenizer, gen_cfg: GeneratorConfig, tasks: Sequence[str] = TASKS, *,
                  batch_size: int = 32, draws: int = 10, train_problems: int = 0,
-                 test_problems: int = 128, seed: int = 0, num_workers: int = 0):
+                 test_problems: int = 128, seed: int = 0, num_workers: int = 0, test_split: str = "test",
+                 shuffle_labels: bool = False):
         super().__init__()
+        if test_split not in ("test", "train"):
+            raise ValueError(f"test_split={test_split!r}: 'test' (test-template problems) or 'train' "
+                             "(fresh training-template problems)")
+        self.test_split, self.shuffle_labels = test_split, shuffle_labels
+        self.solved: Optional[list[Optional[bool]]] = None  # per test problem, set by probe.py (solved split)
         self.tokenizer, self.gen_cfg = tokenizer, gen_cfg
         self.tasks = [check_task(t) for t in tasks]
         self.batch_size, self.draws = batch_size, draws
@@ -222,7 +266,7 @@ class ProbeDataModule(pl.LightningDataModule if pl is not None else object):
         return steps * self.train_problems_per_batch * world
 
     def _loader(self, task: str, split: str, n: int) -> DataLoader:
-        ds = ProbeDataset(self.tokenizer, self.gen_cfg, task, split, n, self.seed, self.draws)
+        ds = self.dataset(task, split, n)
         trainer = getattr(self, "trainer", None)
         sampler = None
         if trainer is not None and trainer.world_size > 1:
@@ -237,6 +281,19 @@ class ProbeDataModule(pl.LightningDataModule if pl is not None else object):
                           num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, drop_last=False)
 
+    def dataset(self, task: str, role: str, n: int) -> ProbeDataset:
+        """The pairs of one task for ``role`` "train" or "test" (its split and stream follow ``test_split``)."""
+        if role == "train":
+            return ProbeDataset(self.tokenizer, self.gen_cfg, task, "train", n, self.seed, self.draws,
+                                shuffle_labels=self.shuffle_labels)
+        split, stream = self.test_split_stream()
+        return ProbeDataset(self.tokenizer, self.gen_cfg, task, split, n, self.seed, self.draws, stream=stream,
+                            shuffle_labels=self.shuffle_labels, solved=self.solved)
+
+    def test_split_stream(self) -> tuple[str, str]:
+        """(split, stream) of the test problems: test templates, or fresh training-template problems."""
+        return ("test", PROBE_STREAM) if self.test_split == "test" else ("train", HELDOUT_STREAM)
+
     def train_dataloader(self) -> Any:
         n = self._n_train()
         return CombinedLoader({t: self._loader(t, "train", n) for t in self.tasks}, mode="max_size_cycle")
@@ -246,6 +303,6 @@ class ProbeDataModule(pl.LightningDataModule if pl is not None else object):
 
 
 __all__ = [
-    "PROBE_STREAM", "encode_part", "name_ids", "sentence_ids", "ProblemTokens", "query_ids",
+    "PROBE_STREAM", "HELDOUT_STREAM", "DONOR_STREAM", "encode_part", "name_ids", "sentence_ids", "ProblemTokens", "query_ids",
     "collate_pairs", "PairCollate", "probe_problem", "problem_pairs", "ProbeDataset", "ProbeDataModule",
 ]

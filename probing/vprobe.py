@@ -52,11 +52,12 @@ from igsm.config import ModelConfig
 from igsm.model import GPT
 from probing.labels import MAX_DISTANCE, NUM_CLASSES, TASKS, check_task
 
-BACKBONES = ("trained", "random_init")
+BACKBONES = ("trained", "random_init", "positive")  # positive: per task, a fine-tuned copy (probing.controls)
 CONTROLS = {"none": ("trained",), "random_init": ("random_init",), "both": ("trained", "random_init")}
 # column groups of the accuracy metric: all pairs, label 0, label 1, nece positives at distance t
 G_ALL, G_NEG, G_POS, G_DIST = 0, 1, 2, 3
 N_GROUPS = G_DIST + MAX_DISTANCE
+SOLVED_GROUPS = ("solved", "unsolved")
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,7 +198,10 @@ class VProbe(pl.LightningModule):
     def __init__(self, backbone: GPT, tasks: Sequence[str] = TASKS, *, rank: int = 8, layers: str = "last",
                  control: str = "both", lr: float = 2e-3, weight_decay: float = 0.01, warmup_steps: int = 0,
                  betas: tuple[float, float] = (0.9, 0.999), v_init_std: float = 0.02, seed: int = 0,
-                 checkpoint_activations: bool = False, length_chunks: int = 1):
+                 checkpoint_activations: bool = False, length_chunks: int = 1,
+                 positive: Optional[dict[str, nn.Module]] = None):
+        """``positive``: per task, a :class:`probing.controls.FineTuned` copy of the backbone that
+        holds the task's label (the positive control); it is probed as the backbone "positive"."""
         super().__init__()
         if layers not in ("last", "all"):
             raise ValueError(f"layers={layers!r}: 'last' or 'all'")
@@ -208,7 +212,7 @@ class VProbe(pl.LightningModule):
         self.lr, self.weight_decay, self.warmup_steps, self.betas = lr, weight_decay, warmup_steps, tuple(betas)
         self.checkpoint_activations = checkpoint_activations
         self.length_chunks = max(1, int(length_chunks))
-        self.save_hyperparameters(ignore=["backbone"])
+        self.save_hyperparameters(ignore=["backbone", "positive"])
 
         freeze(backbone)
         self.n_layer, self.d = backbone.cfg.n_layer, backbone.cfg.d_model
@@ -218,6 +222,13 @@ class VProbe(pl.LightningModule):
         for name in self.backbone_names:
             bbs[name] = backbone if name == "trained" else random_backbone(backbone.cfg, backbone.vocab_size, seed)
         self.backbones = nn.ModuleDict(bbs)
+        self.positive = nn.ModuleDict()
+        if positive is not None:
+            missing = [t for t in self.tasks if t not in positive]
+            if missing:
+                raise ValueError(f"positive control: no fine-tuned backbone for tasks {missing}")
+            self.positive = nn.ModuleDict({t: freeze(positive[t]) for t in self.tasks})
+            self.backbone_names.append("positive")
         self.head_layers = list(range(1, self.n_layer + 1)) if layers == "all" else [self.n_layer]
 
         with torch.random.fork_rng(devices=[]):
@@ -230,6 +241,12 @@ class VProbe(pl.LightningModule):
         self.test_acc = nn.ModuleDict({self.key(b, t): GroupedAccuracy(n_heads, NUM_CLASSES[t] == 2)
                                        for b in self.backbone_names for t in self.tasks})
         self.majority_acc = nn.ModuleDict({t: GroupedAccuracy(1, NUM_CLASSES[t] == 2) for t in self.tasks})
+        # test accuracy split by whether the trained backbone solves the pair's problem (last head)
+        self.solved_acc = nn.ModuleDict({
+            f"{b}__{t}__{s}": GroupedAccuracy(1, NUM_CLASSES[t] == 2)
+            for b in [*self.backbone_names, "majority"] for t in self.tasks for s in SOLVED_GROUPS})
+        # the positive control's own head: what the fine-tuned copy holds, for the probe to recover
+        self.finetuned_acc = nn.ModuleDict({t: GroupedAccuracy(1, NUM_CLASSES[t] == 2) for t in self.positive})
         self.train_counts = nn.ModuleDict({t: ClassCounts(NUM_CLASSES[t]) for t in self.tasks})
         self.majority_class: dict[str, int] = {}
         self.results: dict = {}
@@ -244,9 +261,16 @@ class VProbe(pl.LightningModule):
         """Lightning calls ``train()`` before fitting and after every validation: the probes follow
         it, the backbones never leave eval mode (dropout stays off)."""
         super().train(mode)
-        for bb in self.backbones.values():
+        for bb in self.all_backbones():
             bb.eval()
         return self
+
+    def all_backbones(self) -> list[nn.Module]:
+        return [*self.backbones.values(), *self.positive.values()]
+
+    def backbone_for(self, backbone: str, task: str) -> GPT:
+        """The frozen GPT that ``backbone``'s probe of ``task`` reads."""
+        return self.positive[task].model if backbone == "positive" else self.backbones[backbone]
 
     def trainable_parameters(self, backbone: Optional[str] = None, task: Optional[str] = None) -> list[nn.Parameter]:
         out = []
@@ -258,7 +282,7 @@ class VProbe(pl.LightningModule):
 
     def configure_optimizers(self):
         params = self.trainable_parameters()
-        assert not any(p.requires_grad for bb in self.backbones.values() for p in bb.parameters())
+        assert not any(p.requires_grad for bb in self.all_backbones() for p in bb.parameters())
         opt = torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
         total = max(1, int(self.trainer.max_steps)) if self.trainer is not None and self.trainer.max_steps > 0 else 1
         warm = self.warmup_steps
@@ -275,7 +299,7 @@ class VProbe(pl.LightningModule):
 
     def end_states(self, backbone: str, task: str, idx: Tensor, end: Tensor, *, detach_lower: bool = True) -> list[Tensor]:
         """The normalised hidden states at ``[END]`` for each head layer: a list of [B, d]."""
-        bb = self.backbones[backbone]
+        bb = self.backbone_for(backbone, task)
         probe = self.probes[self.key(backbone, task)]
         rows = torch.arange(idx.shape[0], device=idx.device)
 
@@ -351,12 +375,12 @@ class VProbe(pl.LightningModule):
         """Probe checkpoints hold the probes only: the trained backbone is its own checkpoint
         (``backbone_ckpt``) and the random-init control is rebuilt from the seed."""
         state = checkpoint.get("state_dict", {})
-        for k in [k for k in state if k.startswith("backbones.")]:
+        for k in [k for k in state if k.startswith(("backbones.", "positive."))]:
             del state[k]
         checkpoint["backbone_ckpt"] = getattr(self, "backbone_ckpt", None)
 
     def on_train_epoch_start(self) -> None:  # belt and braces: Lightning may call train() on submodules
-        for bb in self.backbones.values():
+        for bb in self.all_backbones():
             bb.eval()
 
     # -- testing -------------------------------------------------------------------------------
@@ -371,11 +395,27 @@ class VProbe(pl.LightningModule):
         if batch["label"].numel() == 0:
             return
         label, dist = batch["label"], batch["dist"]
+        solved = batch.get("solved")
         for name in self.backbone_names:
             preds = torch.stack([lg.argmax(-1) for lg in self.logits(name, task, batch["idx"], batch["end"])])
             self.test_acc[self.key(name, task)].update(preds, label, dist)
+            self._update_solved(name, task, preds[-1:], label, dist, solved)
         majority = torch.full_like(label, self.majority_class.get(task, 0))[None]
         self.majority_acc[task].update(majority, label, dist)
+        self._update_solved("majority", task, majority, label, dist, solved)
+        if task in self.positive:
+            own = self.positive[task](batch["idx"]).argmax(-1)[None]  # [1, B]
+            self.finetuned_acc[task].update(own, label, dist)
+
+    def _update_solved(self, name: str, task: str, preds: Tensor, label: Tensor, dist: Tensor,
+                       solved: Optional[Tensor]) -> None:
+        """preds [1, B]; solved [B] (1, 0, -1 = unknown) or None (no solved split this run)."""
+        if solved is None:
+            return
+        self._solved_split = True
+        for group, flag in zip(SOLVED_GROUPS, (1, 0)):
+            rows = solved == flag
+            self.solved_acc[f"{name}__{task}__{group}"].update(preds[:, rows], label[rows], dist[rows])
 
     def on_test_epoch_end(self) -> None:
         results: dict = {"tasks": {}}
@@ -419,11 +459,43 @@ class VProbe(pl.LightningModule):
             entry["acc"] = entry.get("trained", {}).get("acc")
             entry["random_init_acc"] = entry.get("random_init", {}).get("acc")
             entry["majority_acc"] = entry["majority"]["acc"]
+            if task in self.positive:  # the positive control (probing.controls)
+                own_c, own_t = self.finetuned_acc[task].compute()
+                entry["positive"]["finetuned_acc"] = _acc(own_c[0, G_ALL], own_t[0, G_ALL])
+                entry["positive_acc"] = entry["positive"]["acc"]
+                entry["positive_finetuned_acc"] = entry["positive"]["finetuned_acc"]
+                if entry["positive_finetuned_acc"] is not None:
+                    scalars[f"probe/{task}/positive/finetuned_acc"] = entry["positive_finetuned_acc"]
+            by_solved = self._solved_entry(task, scalars)
+            if by_solved is not None:
+                entry["by_solved"] = by_solved
             results["tasks"][task] = entry
         for k, v in scalars.items():  # already summed over ranks: sync_dist only averages equal values
             self.log(k, v, sync_dist=True, add_dataloader_idx=False)
         self.results = results
         self._log_distance_table()
+
+    def _solved_entry(self, task: str, scalars: dict[str, float]) -> Optional[dict]:
+        """``{"solved": {...}, "unsolved": {...}}``: per group the pairs and every backbone's and the
+        majority's accuracy (last head); None when this run has no solved split."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        # every rank must take the same branch (compute() syncs): ask the data module when there is one
+        split = datamodule.solved is not None if hasattr(datamodule, "solved") else getattr(self, "_solved_split", False)
+        if not split:
+            return None
+        out = {}
+        for group in SOLVED_GROUPS:
+            sub: dict = {}
+            for name in [*self.backbone_names, "majority"]:
+                correct, total = self.solved_acc[f"{name}__{task}__{group}"].compute()
+                sub["n_test_pairs"] = int(total[0, G_ALL])
+                acc = _acc(correct[0, G_ALL], total[0, G_ALL])
+                sub["acc" if name == "trained" else f"{name}_acc"] = acc
+                if acc is not None:
+                    prefix = f"probe/{task}" if name == "trained" else f"probe/{task}/{name}"
+                    scalars[f"{prefix}/{group}/acc"] = acc
+            out[group] = sub
+        return out
 
     def _log_distance_table(self) -> None:
         """Paper Result 8: nece accuracy per layer and distance, as a text table and a heatmap."""
@@ -496,4 +568,5 @@ def write_png(path: str | Path, image) -> None:
 __all__ = [
     "VProbe", "TaskProbe", "Backbone", "load_backbone", "random_backbone", "freeze", "expected_trainable",
     "GroupedAccuracy", "ClassCounts", "distance_table_markdown", "heatmap", "write_png", "BACKBONES", "CONTROLS",
+    "SOLVED_GROUPS",
 ]
