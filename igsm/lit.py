@@ -240,7 +240,9 @@ class GPTLitModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Resume with the AdamW kernel of this run's device, not of the device that wrote the
         checkpoint: torch's ``load_state_dict`` restores each group's ``fused`` flag too, so a CPU
-        checkpoint resumed on CUDA would otherwise step unfused (and a CUDA one fused on CPU)."""
+        checkpoint resumed on CUDA would otherwise step unfused (and a CUDA one fused on CPU).
+        Also restores the count of skipped non-finite steps (optim.max_nonfinite_skips)."""
+        self.nonfinite_skips = checkpoint.get("nonfinite_skips", 0)
         fused = self._use_fused_adamw(self.trainer.strategy.root_device if self._trainer is not None else self.device)
         for state in checkpoint.get("optimizer_states", []):
             for group in state.get("param_groups", []):
@@ -296,8 +298,6 @@ class GPTLitModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["nonfinite_skips"] = self.nonfinite_skips
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.nonfinite_skips = checkpoint.get("nonfinite_skips", 0)
 
     # -- throughput ------------------------------------------------------------------------------
 

@@ -209,7 +209,21 @@ def resolve_strategy(cfg: TrainerConfig):
            "ddp_find_unused_parameters_true": {"find_unused_parameters": True}}
     if cfg.strategy not in ddp:
         return cfg.strategy
-    return DDPStrategy(broadcast_buffers=False, **ddp[cfg.strategy])
+    return DDPStrategy(**no_buffer_sync(), **ddp[cfg.strategy])
+
+
+def no_buffer_sync() -> dict:
+    """DDP's keyword for "no buffer broadcast before each forward": ``forward_sync_buffers=False``
+    where torch has it (it deprecates ``broadcast_buffers``, with a warning at every start), else
+    ``broadcast_buffers=False``. The one sync at start-up that the new keyword keeps is harmless:
+    the RoPE tables are the same on every rank."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def wants_gpu(cfg: TrainerConfig) -> bool:

@@ -24,6 +24,22 @@ def subprocess_env() -> dict:
     return env
 
 
+@pytest.fixture(scope="session")
+def tiny_train_run(tmp_path_factory) -> tuple[Path, Path]:
+    """One short train.py run shared by the probe tests (2 steps, no evaluation, one process):
+    its log root and checkpoint. Read it; write elsewhere."""
+    import train
+
+    root = tmp_path_factory.mktemp("logs")
+    rc = train.main([f"log_root={root}", "name=tiny", "model.n_layer=2", "model.n_head=2", "trainer.max_steps=2",
+                     "eval.final=false", "data.batch_size=2", "data.num_workers=0", "trainer.enable_progress_bar=false",
+                     "trainer.devices=1", "trainer.strategy=auto"])
+    assert rc == 0
+    ckpt = root / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    return root, ckpt
+
+
 try:  # one intra-op thread: tests are tiny, and extra threads only fight the other test processes
     import torch
 

@@ -41,6 +41,7 @@ COMMON = [
     "model.block_size=256", "data.context=256", "data.num_workers=0",
     "eval.n=8", "eval.batch_size=8", "eval.max_new_tokens=32", "eval.buckets=[2,3,4:train]",
     "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "optim.warmup_steps=1",
+    "trainer.devices=1", "trainer.strategy=auto",  # one process (the tiny default is two DDP processes)
 ]
 
 
@@ -264,7 +265,8 @@ def test_probe_steps_leave_the_backbone_bit_identical(device, tmp_path, monkeypa
     rc = probe.main([f"ckpt={ckpt}", f"log_root={tmp_path / 'probe'}", "name=p", f"trainer.accelerator={device}",
                      "trainer.precision=bf16-mixed", "trainer.max_steps=3", "probe.tasks=[nece,can_next]",
                      "probe.test_problems=4", "probe.batch_size=8", "probe.draws=3", "probe.num_workers=0",
-                     "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"])
+                     "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "trainer.devices=1",
+                     "trainer.strategy=auto"])
     assert rc == 0 and check.checked
     assert (tmp_path / "probe" / "p" / "version_0" / "probe.json").is_file()
 

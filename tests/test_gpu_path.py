@@ -98,8 +98,9 @@ def documented_commands() -> list[tuple[str, list[str]]]:
                     variables[var] = re.sub(r"\$\{" + name + r"\[[^]]*\]\}", str(matches[0].relative_to(ROOT)), value)
         for m in re.finditer(r"python (train|probe)\.py((?: +[^\s#`|>]+)*)", text):
             args = m.group(2).split()
-            if any(c in a for a in args for c in "<();") or "..." in args or re.search(r"=[A-Z]+(\s|$)", m.group(2)):
-                continue  # a template in prose (config=FILE name=PREFIX/<stem>), not a command line
+            template = any(c in a for a in args for c in "<();") or "..." in args
+            if template or re.search(r"=[A-Z]+(\s|$)", m.group(2)) or any("$" in a for a in args if "ARGS" not in a):
+                continue  # a template in prose (config=FILE name=PREFIX/<stem>, $C), not a command line
             if '"${ARGS[@]}"' in args:
                 array = re.search(r"^ARGS=\((.*)\)$", text, flags=re.M).group(1)
                 for _ in range(3):  # variables defined through other variables
@@ -258,7 +259,9 @@ def test_ddp_strategies_do_not_broadcast_buffers(strategy) -> None:
     from igsm.trainer import resolve_strategy
 
     ddp = resolve_strategy(TrainerConfig(strategy=strategy))
-    assert isinstance(ddp, DDPStrategy) and ddp._ddp_kwargs["broadcast_buffers"] is False
+    kwargs = ddp._ddp_kwargs
+    assert isinstance(ddp, DDPStrategy)
+    assert kwargs.get("forward_sync_buffers", kwargs.get("broadcast_buffers")) is False
     assert ddp._ddp_kwargs.get("find_unused_parameters", False) == strategy.endswith("_true")
     assert resolve_strategy(TrainerConfig(strategy="auto")) == "auto"
 

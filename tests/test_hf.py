@@ -21,6 +21,7 @@ from igsm.tokenizer import build_tokenizer
 
 PROBE_FAST = ["trainer.max_steps=2", "probe.test_problems=4", "probe.batch_size=6", "probe.draws=3",
               "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "probe.tasks=[nece]",
+              "trainer.devices=1", "trainer.strategy=auto",
               "probe.control=none"]
 
 

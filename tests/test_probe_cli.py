@@ -11,19 +11,13 @@ import probe
 import train
 
 PROBE_FAST = ["trainer.max_steps=2", "probe.test_problems=4", "probe.batch_size=6", "probe.draws=3",
-              "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
+              "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "trainer.devices=1", "trainer.strategy=auto"]
 
 
 @pytest.fixture(scope="module")
-def train_run(tmp_path_factory):
-    """A tiny train.py run (2 steps, no evaluation): its log root and checkpoint."""
-    root = tmp_path_factory.mktemp("logs")
-    rc = train.main([f"log_root={root}", "name=tiny", "model.n_layer=2", "model.n_head=2", "trainer.max_steps=2",
-                     "eval.final=false", "data.batch_size=2", "data.num_workers=0", "trainer.enable_progress_bar=false"])
-    assert rc == 0
-    ckpt = root / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
-    assert ckpt.is_file()
-    return root, ckpt
+def train_run(tiny_train_run):
+    """The shared tiny training run (conftest): its log root and checkpoint."""
+    return tiny_train_run
 
 
 def _tags(run_dir):

@@ -120,12 +120,8 @@ def test_positive_control_is_recovered(tok):
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    root = tmp_path_factory.mktemp("logs")
-    rc = train.main([f"log_root={root}", "name=tiny", "model.n_layer=2", "model.n_head=2", "trainer.max_steps=2",
-                     "eval.final=false", "data.batch_size=2", "data.num_workers=0", "trainer.enable_progress_bar=false"])
-    assert rc == 0
-    return root / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+def ckpt(tiny_train_run):
+    return tiny_train_run[1]  # the shared tiny training run (conftest)
 
 
 def test_probe_cli_controls(ckpt, tmp_path, capsys):
@@ -133,7 +129,8 @@ def test_probe_cli_controls(ckpt, tmp_path, capsys):
                      "probe.positive_control=true", "probe.positive_steps=2", "probe.shuffle_labels=true",
                      "probe.test_split=train", "probe.split_by_solved=true", "trainer.max_steps=2",
                      "probe.test_problems=4", "probe.batch_size=6", "probe.draws=3",
-                     "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"])
+                     "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "trainer.devices=1",
+                     "trainer.strategy=auto"])
     assert rc == 0
     res = json.loads((tmp_path / "c" / "version_0" / "probe.json").read_text())
     assert res["controls"]["positive_control"] and res["controls"]["shuffle_labels"]

@@ -171,7 +171,7 @@ def test_sweep_of_two_tiny_runs_end_to_end(repo_root, subprocess_env, tmp_path) 
     fast = ["model.n_head=2", "model.n_embd=32", "model.block_size=256", "data.batch_size=4", "data.num_workers=0",
             "eval.n=2", "eval.batch_size=2", "eval.max_new_tokens=8", "eval.buckets=[2:train,3,6]",
             "trainer.max_steps=2", "trainer.accelerator=cpu", "trainer.precision=32-true",
-            "trainer.enable_progress_bar=false"]
+            "trainer.enable_progress_bar=false", "trainer.devices=1", "trainer.strategy=auto"]
     env = dict(subprocess_env, OMP_NUM_THREADS="1", PYTHON=sys.executable)
     r = subprocess.run(["bash", str(repo_root / "scripts" / "sweep.sh"), "--log-root", "logs", "--out", "rep",
                         "one_layer.yaml", "two_layers.yaml", "--", *fast],

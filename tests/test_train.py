@@ -28,6 +28,7 @@ FAST = [
     "data.context=256", "data.batch_size=4", "data.num_workers=0",
     "eval.n=4", "eval.batch_size=4", "eval.max_new_tokens=8", "eval.buckets=[2,3]",
     "trainer.accelerator=cpu", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
+    "trainer.devices=1", "trainer.strategy=auto",  # one process (the tiny default is two DDP processes)
 ]
 EVAL_FIELDS = {"split", "op", "n", "accuracy", "answer_accuracy", "unnecessary_params_per_correct"}
 
