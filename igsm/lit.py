@@ -38,6 +38,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections import deque
 from functools import partial
 from typing import Any, Optional
@@ -381,7 +382,11 @@ class GPTLitModule(L.LightningModule):
         step = self.global_step
         entries = []
         for spec, scores in zip(self.buckets, self.eval_scores):
-            counts = scores.compute()  # summed over ranks
+            with warnings.catch_warnings():
+                # Under DDP a rank decodes only its share of the batches, so some buckets get no
+                # update on it; the sum over ranks is still exact (torchmetrics warns regardless).
+                warnings.filterwarnings("ignore", message=r"The ``compute`` method of metric EvalScores")
+                counts = scores.compute()  # summed over ranks
             scores.reset()
             entry = bucket_entry(spec, counts, step)
             entries.append(entry)
