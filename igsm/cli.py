@@ -478,7 +478,7 @@ def cmd_export(a: argparse.Namespace) -> int:
         out = hf.export_checkpoint(a.ckpt, a.out)
     except hf.InteropError as e:
         raise CLIError(str(e)) from None
-    print(f"wrote {out} (load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}))")
+    print(f"wrote {out} (load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}, local_files_only=True))")
     return 0
 
 

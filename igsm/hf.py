@@ -1,7 +1,7 @@
 """Hugging Face interop: igsm models to transformers folders and back (docs/interop.md).
 
 ``python -m igsm export CKPT --out DIR`` writes a folder that loads offline with
-``AutoModelForCausalLM.from_pretrained(DIR)`` and ``AutoTokenizer.from_pretrained(DIR)``;
+``AutoModelForCausalLM.from_pretrained(DIR, local_files_only=True)`` and ``AutoTokenizer.from_pretrained(DIR, ...)``;
 :func:`load_pretrained` (and ``GPT.from_pretrained``, ``probe.py ckpt=DIR``) reads it back.
 
 Why GPT-NeoX: it is the transformers architecture that *is* our GPT. Pre-LayerNorm blocks with a
@@ -497,7 +497,7 @@ def _guess_tokenizer(folder: Path, padded_vocab: int) -> Tokenizer:
     """For a folder without igsm.json: GPT-2 BPE when its tokenizer has GPT-2's end-of-text id."""
     tf = require("transformers")
     try:
-        hf = tf.AutoTokenizer.from_pretrained(str(folder))
+        hf = tf.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)  # never a hub
     except Exception as e:
         raise InteropError(f"{folder}: no igsm.json and no loadable tokenizer ({type(e).__name__})") from None
     if hf.convert_tokens_to_ids("<|endoftext|>") == GPT2_EOT and padded_vocab >= GPT2Tokenizer.vocab_size:

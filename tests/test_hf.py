@@ -62,7 +62,8 @@ def exported(request, tmp_path_factory):
 def _hf_load(folder):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    return (AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval(),
+            AutoTokenizer.from_pretrained(folder, local_files_only=True))
 
 
 def test_export_folder_loads_offline_and_logits_match(exported):
