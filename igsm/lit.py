@@ -299,7 +299,6 @@ class GPTLitModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["nonfinite_skips"] = self.nonfinite_skips
 
-
     # -- throughput ------------------------------------------------------------------------------
 
     def on_fit_start(self) -> None:
