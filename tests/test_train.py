@@ -90,6 +90,38 @@ def test_no_weight_decay_for_biases_layernorm_embeddings() -> None:
     assert n_params == module.model.num_params()
 
 
+@pytest.mark.parametrize("letter_loss", ["uniform", "sampled"])
+def test_two_ranks_step_like_one_process_holding_both_halves(letter_loss) -> None:
+    """Under DDP each rank's loss is weighted by its share of the step's loss tokens, so the
+    average of the two ranks' gradients (what DDP applies) equals the gradient of one process
+    holding both halves of the batch. Fails with per-rank means: the halves hold different counts."""
+    from types import SimpleNamespace
+    cfg = load_config(TrainConfig, FAST + [f"data.letter_loss={letter_loss}", "data.loss_on=solution"])
+    dm = IGSMDataModule(cfg.data, cfg.eval, 0)
+    module = GPTLitModule(config_to_dict(cfg), dm.tokenizer.to_dict())
+    module.log = lambda *a, **k: None
+    batch = next(iter(dm.train_dataset()))
+    rows = batch["inputs"].shape[0] // 2
+    halves = [{k: v[sl] if torch.is_tensor(v) else v for k, v in batch.items()}
+              for sl in (slice(None, rows), slice(rows, None))]
+    counts = [int((h["targets"] != -100).sum()) for h in halves]
+    assert counts[0] != counts[1]  # the halves hold different numbers of loss tokens
+
+    def grads(step_batch, trainer) -> list[torch.Tensor]:
+        module._trainer = trainer
+        module.zero_grad()
+        module.training_step(step_batch, 0).backward()
+        return [p.grad.clone() for p in module.model.parameters()]
+
+    one = grads(batch, None)
+    total = float(sum(counts))
+    two = SimpleNamespace(world_size=2, strategy=SimpleNamespace(reduce=lambda t, reduce_op: t.new_tensor(total)))
+    ranks = [grads(h, two) for h in halves]
+    module._trainer = None
+    for g, a, b in zip(one, *ranks):
+        torch.testing.assert_close((a + b) / 2, g, rtol=1e-4, atol=1e-6)
+
+
 def test_uniform_letter_loss_targets_the_unused_letters() -> None:
     """Without letter slots it is plain cross-entropy; at a slot it is the cross-entropy against
     the uniform distribution over the letters not yet used, whose minimum puts equal mass on
