@@ -53,6 +53,10 @@ GENERATOR_PRESETS: dict[str, GeneratorConfig] = {
     # The one-GPU `small` recipe (configs/small.yaml, docs/gpu.md): every family of the one-word
     # world, up to 3 layers and 12 edges, op <= 6; ~150 word tokens per problem (95%: <= 234).
     "small": GeneratorConfig(max_op=6, max_ip=12, min_layers=2, max_layers=3, world="tiny"),
+    # The one-hour CPU recipe (configs/small_cpu.yaml): small's world and structures (every family,
+    # up to 3 layers: ~4x tiny's templates per op) at op <= 4 and ip <= 8, so problems stay short
+    # (median 117 word tokens, 95%: <= 191) and a 256-token window holds about two.
+    "small_cpu": GeneratorConfig(max_op=4, max_ip=8, min_layers=2, max_layers=3, world="tiny"),
 }
 
 
@@ -152,6 +156,7 @@ EVAL_BUCKETS: dict[str, list[str]] = {
     "tiny": ["<=2:train", "2:train", "<=2", "<=4", "3", "4", "6", "reask4"],
     # in distribution (seen and unseen templates), op = max_op, out of distribution up to 10
     "small": ["<=6:train", "<=6", "6", "7", "8", "10", "reask6"],
+    "small_cpu": ["<=4:train", "<=4", "4", "5", "6", "reask4"],
 }
 
 LOSS_ON = ("all", "solution")

@@ -15,7 +15,9 @@ counts to one :class:`EvalScores` metric per bucket; the counts are summed acros
 computed. Logged per bucket (``<bucket>`` is a label such as ``op<=15``, ``op=20``,
 ``reask_op=20``, ``train_op<=2``): ``eval/<bucket>/accuracy``, ``eval/<bucket>/answer_accuracy``,
 ``eval/<bucket>/unnecessary_per_correct``, plus a few decoded examples as TensorBoard text.
-Rank 0 writes ``eval.json`` into the run folder, a list with one entry per bucket::
+Rank 0 writes ``eval.json`` into the run folder (the latest evaluation), a list with one entry per
+bucket, and appends the same entries, one JSON line each, to ``eval_history.jsonl`` (every
+evaluation of the run, resumes included: the learning curve)::
 
     {"bucket": "op=20", "split": "test", "op": 20, "reask": false, "n": 4096,
      "accuracy": 0.91, "answer_accuracy": 0.93, "unnecessary_params_per_correct": 0.01,
@@ -412,6 +414,8 @@ class GPTLitModule(L.LightningModule):
         run_dir = self.trainer.log_dir  # a broadcast from rank 0: every rank must ask
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             write_json_atomic(os.path.join(run_dir or ".", "eval.json"), entries)
+            with open(os.path.join(run_dir or ".", "eval_history.jsonl"), "a") as history:
+                history.writelines(json.dumps(entry) + "\n" for entry in entries)  # the learning curve
 
     def _log_examples(self, bucket: int, examples: list) -> None:
         """The first ``eval.examples`` generations of a bucket as TensorBoard text (rank 0)."""
