@@ -11,7 +11,9 @@ them) and writes into ``DIR`` (default ``report/``):
 - ``probe_<run>.png``: probe accuracy per task, as bars beside the random-init and majority controls;
 - ``nece_by_distance_<run>.png``: nece accuracy per layer and distance to the question (heatmap);
 - ``depth_width_<k>.png``: for training runs that differ only in depth and width, a layers × width
-  grid coloured by out-of-distribution accuracy, the parameter count in each cell.
+  grid coloured by out-of-distribution accuracy, the parameter count in each cell;
+- ``learning_curve_<run>.png``: for a run evaluated more than once (``trainer.eval_every``; its
+  ``eval_history.jsonl``), accuracy per bucket against training tokens, also as a table.
 
 A run with missing or partial files is named in one line (``skipped ...: why``) and left out; the
 report never fails because of one run. The figure functions are shared with TensorBoard
@@ -59,6 +61,7 @@ class Run:
     info: dict = field(default_factory=dict)  # run_info.json
     eval: list[dict] = field(default_factory=list)  # eval.json entries
     probe: Optional[dict] = None  # probe.json
+    history: list[dict] = field(default_factory=list)  # eval_history.jsonl: every evaluation's entries
 
     # -- training facts ----------------------------------------------------------------------
     @property
@@ -88,12 +91,25 @@ class Run:
     @property
     def tokens_seen(self) -> Optional[int]:
         """Training tokens: steps × sequences per optimizer step × context (windows are packed)."""
+        return self.tokens_at(self.step)
+
+    def tokens_at(self, step: Optional[int]) -> Optional[int]:
         data = self.config.get("data", {})
-        step = self.step
         if self.kind != "train" or step is None or not data.get("batch_size") or not data.get("context"):
             return None
         per_step = data["batch_size"] * self.info.get("accumulate_grad_batches", 1) * self.info.get("world_size", 1)
         return step * per_step * data["context"]
+
+    def curve(self) -> tuple[list[int], dict[str, list[Optional[float]]]]:
+        """The learning curve from ``eval_history.jsonl``: evaluated steps (ascending) and, per
+        bucket, its accuracy at each (None where not evaluated). The last evaluation of a step wins
+        (a resumed run may evaluate a step twice)."""
+        at: dict[int, dict[str, float]] = {}
+        for e in self.history:
+            at.setdefault(e["step"], {})[e["bucket"]] = e["accuracy"]
+        steps = sorted(at)
+        buckets = list(dict.fromkeys(e["bucket"] for e in self.history))
+        return steps, {b: [at[s].get(b) for s in steps] for b in buckets}
 
     def ood_entries(self) -> list[dict]:
         """Forced-op, test-template, non-reask buckets beyond the training max_op."""
@@ -146,6 +162,7 @@ def load_run(folder: Path) -> Run:
             if not isinstance(e, dict) or not {"bucket", "op", "split", "n", "accuracy"} <= set(e):
                 raise SkippedRun(f"eval.json entry {i} lacks bucket/op/split/n/accuracy")
         run.eval = entries
+        run.history = _read_history(folder / "eval_history.jsonl")
     else:
         if not (folder / "probe.json").is_file():
             raise SkippedRun("no probe.json (probing not finished)")
@@ -154,6 +171,22 @@ def load_run(folder: Path) -> Run:
             raise SkippedRun("probe.json has no 'tasks'")
         run.probe = probe
     return run
+
+
+def _read_history(path: Path) -> list[dict]:
+    """eval_history.jsonl's entries with an int step; a missing file or a torn last line (a run
+    killed while appending) leaves the rest readable."""
+    if not path.is_file():
+        return []
+    entries = []
+    for line in path.read_text().splitlines():
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(e, dict) and isinstance(e.get("step"), int) and "bucket" in e and "accuracy" in e:
+            entries.append(e)
+    return entries
 
 
 def load_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[str]]:
@@ -413,6 +446,28 @@ def depth_width_figure(runs: list[Run], title: str = ""):
     return fig
 
 
+def learning_curve_figure(run: Run, title: str = ""):
+    """Full-solution accuracy per bucket against training tokens (None: fewer than two evaluations)."""
+    steps, curves = run.curve()
+    if len(steps) < 2:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    tokens = [run.tokens_at(s) or s for s in steps]
+    for bucket, accs in curves.items():
+        points = [(t, 100 * a) for t, a in zip(tokens, accs) if a is not None]
+        ax.plot([t for t, _ in points], [a for _, a in points], marker="o", markersize=3,
+                linestyle="--" if bucket.startswith("train_") else "-", label=bucket)
+    ax.set_xlabel("training tokens" if run.tokens_at(steps[0]) else "step")
+    ax.set_ylabel("full-solution accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title or f"Learning curve: {run.label}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def save_figure(fig, path: Path) -> Path:
     """Write a figure as PNG and free it."""
     import matplotlib.pyplot as plt
@@ -469,6 +524,13 @@ def eval_table(runs: list[Run]) -> list[str]:
                    "unnecessary / correct"], rows)
 
 
+def curve_table(run: Run) -> list[str]:
+    """One row per evaluation: step, tokens, full-solution accuracy per bucket."""
+    steps, curves = run.curve()
+    rows = [[s, _si(run.tokens_at(s))] + [_pct(accs[i]) for accs in curves.values()] for i, s in enumerate(steps)]
+    return _table(["step", "tokens"] + list(curves), rows)
+
+
 def probe_table(runs: list[Run]) -> list[str]:
     rows = []
     for r in runs:
@@ -518,6 +580,10 @@ def write_report(paths: Sequence[str | Path], out: str | Path = "report") -> dic
             if fig is not None:
                 figures.append((f"nece accuracy by layer and distance to the question, {r.label}",
                                 save_figure(fig, out / f"nece_by_distance_{slug(r.label)}.png")))
+    curve_runs = [r for r in train_runs if len(r.curve()[0]) >= 2]
+    for r in curve_runs:
+        fig = learning_curve_figure(r)
+        figures.append((f"Learning curve of {r.label}", save_figure(fig, out / f"learning_curve_{slug(r.label)}.png")))
     for k, group in enumerate(depth_width_groups(train_runs)):
         figures.append((f"Depth vs width: {', '.join(r.label for r in group)}",
                         save_figure(depth_width_figure(group), out / f"depth_width_{k}.png")))
@@ -531,6 +597,11 @@ def write_report(paths: Sequence[str | Path], out: str | Path = "report") -> dic
                   "Full-solution accuracy (every step verified), answer accuracy, and unnecessary parameters "
                   "computed per correct solution. `distribution`: whether the bucket's op lies within the "
                   "training max_op.", ""] + eval_table(train_runs) + [""]
+    if curve_runs:
+        lines += ["## Learning curves", "", "Full-solution accuracy per bucket at every evaluation "
+                  "(`eval_history.jsonl`; tokens = steps × sequences per step × context).", ""]
+        for r in curve_runs:
+            lines += [f"**{r.label}**", ""] + curve_table(r) + [""]
     if probe_runs:
         lines += ["## Probes", "",
                   "A probe shows knowledge when `trained` beats both controls (positive margin).", ""] \
@@ -549,4 +620,4 @@ def write_report(paths: Sequence[str | Path], out: str | Path = "report") -> dic
 
 __all__ = ["Run", "ReportError", "SkippedRun", "find_run_folders", "load_run", "load_runs", "write_report",
            "accuracy_vs_op_figure", "probe_bars_figure", "nece_by_distance_figure", "depth_width_figure",
-           "depth_width_groups", "forced_op_entries", "flatten", "save_figure"]
+           "depth_width_groups", "forced_op_entries", "flatten", "save_figure", "learning_curve_figure", "curve_table"]

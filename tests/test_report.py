@@ -106,6 +106,26 @@ def test_report_writes_tables_and_figures_and_names_each_bad_run(runs_root, tmp_
         assert (out / name).read_bytes()[:4] == PNG and f"]({name})" in md
 
 
+def test_learning_curve_table_and_figure_from_eval_history(tmp_path) -> None:
+    """Every evaluation in eval_history.jsonl becomes a row (a resumed run's repeated step counts
+    once, the later entry winning); a torn last line is ignored; one evaluation draws no curve."""
+    run = make_train_run(tmp_path / "logs", "curve", 2, 32)
+    history = [dict(e, step=step, accuracy=acc) for step, acc in ((50, 0.1), (100, 0.3), (100, 0.4)) for e in EVAL[:2]]
+    (run / "eval_history.jsonl").write_text("".join(json.dumps(e) + "\n" for e in history) + '{"step": 15')
+    single = make_train_run(tmp_path / "logs", "single", 2, 32)
+    (single / "eval_history.jsonl").write_text("".join(json.dumps(e) + "\n" for e in EVAL))
+    out = tmp_path / "report"
+    result = write_report([tmp_path / "logs"], out)
+    md = (out / "report.md").read_text()
+    assert "| step | tokens | train_op=2 | op<=4 |" in md
+    assert "| 50 | 205k | 10.0% | 10.0% |" in md and "| 100 | 410k | 40.0% | 40.0% |" in md
+    assert "30.0%" not in md.split("## Learning curves")[1]
+    assert "**single/version_0**" not in md
+    assert {p.name for p in result["figures"]} >= {"learning_curve_curve_version_0.png"}
+    assert not (out / "learning_curve_single_version_0.png").exists()
+    assert (out / "learning_curve_curve_version_0.png").read_bytes()[:4] == PNG
+
+
 def test_depth_width_grid_groups_runs_that_differ_only_in_depth_and_width(runs_root) -> None:
     runs, _ = load_runs([runs_root])
     groups = depth_width_groups(runs)
