@@ -21,7 +21,7 @@ import sys
 from dataclasses import replace
 from typing import Iterable, Iterator, Optional
 
-from .config import GENERATOR_PRESETS, ConfigError, generator_preset
+from .config import GENERATOR_PRESETS, ConfigError, GeneratorConfig, generator_preset
 from .generator import GenerationError, generate_problem, problem_rng
 from .problem import Problem
 from .world import WorldError, load_world
@@ -319,6 +319,8 @@ def cmd_stats(a: argparse.Namespace) -> int:
 
     tok = build_tokenizer("gpt2")
     ops, ips, sentences, lengths, answers = [], [], [], [], []
+    templates: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)  # op -> hash -> count
+    buckets: dict[int, int] = {}  # template hash -> bucket
     for n, obj in read_records(a.inp):
         problem, solution = obj.get("problem"), obj.get("solution")
         if not isinstance(problem, str) or not isinstance(solution, str):
@@ -328,6 +330,9 @@ def cmd_stats(a: argparse.Namespace) -> int:
         sol_sentences = solution.count("Define ")
         sentences.append(sol_sentences)
         ops.append(int(obj["op"]) if isinstance(obj.get("op"), int) else solution.count("="))
+        if isinstance(obj.get("template_hash"), int) and isinstance(obj.get("bucket"), int):
+            templates[ops[-1]][obj["template_hash"]] += 1
+            buckets[obj["template_hash"]] = obj["bucket"]
         answer = obj.get("answer", "")
         lengths.append(len(tok.encode_example(problem, solution, answer)))
         try:
@@ -339,7 +344,25 @@ def cmd_stats(a: argparse.Namespace) -> int:
     print(histogram("solution sentences", sentences))
     print(histogram("GPT-2 tokens (full sequence)", lengths))
     print(histogram("answer", answers))
+    if templates:
+        print(template_table(templates, buckets))
     return 0
+
+
+def template_table(templates: dict[int, collections.Counter], buckets: dict[int, int],
+                   boundary: int = GeneratorConfig.split_boundary) -> str:
+    """Distinct solution templates per op and how many fall in the test buckets (spec 8). At small
+    op there are few (2 at op = 1, 7 at op = 2), so a test template there is a whole solution
+    form that training never shows at that op, not one more random variation."""
+    lines = [f"solution templates per op (test: bucket >= {boundary}; generated with "
+             f"--split any to see both):", f"  {'op':>4} {'problems':>9} {'templates':>10} {'test templates':>15} "
+             f"{'test problems':>14}"]
+    for op in sorted(templates):
+        counts = templates[op]
+        test = [h for h in counts if buckets[h] >= boundary]
+        test_share = sum(counts[h] for h in test) / sum(counts.values())
+        lines.append(f"  {op:>4} {sum(counts.values()):>9} {len(counts):>10} {len(test):>15} {100 * test_share:>13.1f}%")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -488,7 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="export problems as JSONL")
     g.add_argument("--preset", choices=sorted(GENERATOR_PRESETS), default="med")
-    g.add_argument("--split", choices=["train", "test"], default="train")
+    g.add_argument("--split", choices=["train", "test", "any"], default="train",
+                   help="template split (spec 8): train or test buckets, or any (both; stats then counts templates per split)")
     g.add_argument("--op", type=int, default=None, help="force op = N (default: training distribution)")
     g.add_argument("--reask", action="store_true", help="re-draw the question (spec 8)")
     g.add_argument("--format", choices=["pq", "qp"], default=None, help="default: the preset's (pq)")

@@ -61,3 +61,26 @@ def test_errors_are_one_clear_line(tmp_path, subprocess_env, args, fragment):
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert fragment in r.stderr.strip().splitlines()[-1]
+
+
+def test_stats_counts_solution_templates_per_op_and_split(tmp_path, capsys):
+    """With both splits generated, stats names how many distinct solution templates each op has and
+    how many are test templates: op = 1 has two, both training ones (spec 8 hash), and every
+    template of op >= 2 lands in exactly one split."""
+    from igsm.cli import main
+    out = tmp_path / "any.jsonl"
+    assert main(["generate", "--preset", "tiny", "--split", "any", "--n", "400", "--out", str(out)]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["bucket"] >= 17 for r in records} == {True, False}  # both splits present
+    capsys.readouterr()
+    assert main(["stats", "--in", str(out)]) == 0
+    table = capsys.readouterr().out.split("solution templates per op")[1].splitlines()[2:]
+    rows = {int(cols[0]): cols[1:] for cols in (line.split() for line in table)}
+    by_op: dict[int, set] = {}
+    for r in records:
+        by_op.setdefault(r["op"], set()).add(r["template_hash"])
+    for op, (problems, n_templates, n_test, _share) in rows.items():
+        assert int(problems) == sum(r["op"] == op for r in records)
+        assert int(n_templates) == len(by_op[op])
+        assert int(n_test) == len({r["template_hash"] for r in records if r["op"] == op and r["bucket"] >= 17})
+    assert rows[1][1] == "2" and rows[1][2] == "0"
