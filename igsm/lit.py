@@ -215,7 +215,8 @@ class GPTLitModule(L.LightningModule):
 
     def token_share(self, targets: torch.Tensor) -> torch.Tensor:
         """Weight of this rank's mean loss so that DDP's gradient average is the mean over every
-        loss token of the step, as in one process holding the whole batch (``W * n_rank / n_all``).
+        loss token of the (micro-)batch on all ranks, as in one process holding the whole batch
+        (``W * n_rank / n_all``). Accumulated micro-batches still count equally, as Lightning does.
 
         Each rank's loss is a mean over its own tokens and DDP averages the ranks' gradients, so
         without this weight a token of a rank with few loss tokens (short solutions, whole-problem
