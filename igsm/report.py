@@ -32,7 +32,7 @@ from typing import Any, Optional, Sequence
 
 # Keys that may differ between runs of one depth-width grid: the run's name and where it ran.
 GRID_FREE_KEYS = {
-    "name", "config", "ckpt_path", "print_config", "log_root", "model.n_layer", "model.n_head", "model.n_embd",
+    "name", "preset", "config", "ckpt_path", "print_config", "log_root", "model.n_layer", "model.n_head", "model.n_embd",
     "model.compile", "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.accelerator",
     "trainer.accumulate_grad_batches", "trainer.enable_progress_bar", "trainer.cpu_threads",
     "trainer.log_every_n_steps", "trainer.checkpoint_every", "trainer.eval_every", "data.num_workers",
