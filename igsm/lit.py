@@ -211,9 +211,10 @@ class GPTLitModule(L.LightningModule):
         else:
             loss = self.train_forward(batch["inputs"], batch["targets"]).loss  # inputs, targets [B, T]
         self.log("train/loss", loss, prog_bar=True)
-        return loss * self.token_share(batch["targets"])
+        world = self.trainer.world_size if self._trainer is not None else 1
+        return loss if world == 1 else loss * self.token_share(batch["targets"], world)
 
-    def token_share(self, targets: torch.Tensor) -> torch.Tensor:
+    def token_share(self, targets: torch.Tensor, world: int) -> torch.Tensor:
         """Weight of this rank's mean loss so that DDP's gradient average is the mean over every
         loss token of the (micro-)batch on all ranks, as in one process holding the whole batch
         (``W * n_rank / n_all``). Accumulated micro-batches still count equally, as Lightning does.
@@ -221,10 +222,7 @@ class GPTLitModule(L.LightningModule):
         Each rank's loss is a mean over its own tokens and DDP averages the ranks' gradients, so
         without this weight a token of a rank with few loss tokens (short solutions, whole-problem
         masking) would count more than one of a rank with many; the process layout would change the
-        training. One scalar all-reduce, no host sync. 1 in one process."""
-        world = self.trainer.world_size if self._trainer is not None else 1
-        if world == 1:
-            return targets.new_ones((), dtype=torch.float32)
+        training. One scalar all-reduce, no host sync; not called in one process."""
         local = (targets != -100).sum().float()  # []
         total = self.trainer.strategy.reduce(local.clone(), reduce_op="sum")  # [] the same on every rank
         return local * world / total.clamp(min=1)
