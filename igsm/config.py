@@ -223,7 +223,9 @@ class TrainerConfig:
     devices: int = 1  # devices per node
     num_nodes: int = 1
     strategy: str = "auto"  # "ddp" for several devices
-    precision: Optional[str] = None  # None = auto: "bf16-mixed" on GPU, "32-true" on CPU
+    # None = auto: "bf16-mixed" on GPU and on CPUs with native bf16 (AVX512-BF16 or AMX), else "32-true"
+    # (bf16 emulated on an AVX2-only CPU is ~8x slower than fp32; igsm.trainer.resolve_precision)
+    precision: Optional[str] = None
     accumulate_grad_batches: Optional[int] = None  # None = from data.global_batch_size, else 1
     log_every_n_steps: int = 50
     eval_every: Optional[int] = 10_000  # steps between evaluations; None = only the final one

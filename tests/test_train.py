@@ -19,7 +19,7 @@ from igsm.cli_config import config_to_dict, load_config
 from igsm.config import EVAL_BUCKETS, TrainConfig, parse_bucket
 from igsm.data import IGSMDataModule
 from igsm.lit import GPTLitModule, lr_multiplier, param_groups, uniform_letter_loss
-from igsm.trainer import AtomicCheckpointIO
+from igsm.trainer import AtomicCheckpointIO, resolve_precision
 from igsm.verify import ERROR_KINDS
 
 # A 2-layer, 32-dim model on tiny data: a step takes milliseconds.
@@ -202,6 +202,19 @@ def test_ckpt_path_last_picks_the_newest_checkpoint_of_the_newest_version(tmp_pa
     assert train.find_resume(cfg) == (cfg.ckpt_path, None)  # another run's file: a new folder
 
 
+def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16(monkeypatch) -> None:
+    """On an AVX2-only CPU bf16 is emulated (8x slower than fp32): auto falls back to 32-true there."""
+    import igsm.trainer as trainer_module
+
+    cfg = load_config(TrainConfig, FAST)
+    assert load_config(TrainConfig, []).trainer.precision is None  # the tiny default asks for auto
+    for native, expected in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda native=native: native)
+        assert resolve_precision(cfg.trainer) == expected
+    cfg.trainer.precision = "bf16-mixed"
+    assert resolve_precision(cfg.trainer) == "bf16-mixed"  # an explicit value is kept
+
+
 # -- train.py end to end -----------------------------------------------------------------------
 
 def test_train_py_end_to_end_writes_run_folder_and_eval_json(repo_root, one_thread_env, tmp_path) -> None:
@@ -228,7 +241,7 @@ def test_train_py_end_to_end_writes_run_folder_and_eval_json(repo_root, one_thre
     # the run folder: resolved config (loadable again), run facts, checkpoints, TensorBoard events
     assert load_config(TrainConfig, [f"config={run / 'config.yaml'}"]).trainer.max_steps == 4
     info = json.loads((run / "run_info.json").read_text())
-    assert info["torch"] == torch.__version__ and info["precision"] == cfg.trainer.precision == "bf16-mixed"
+    assert info["torch"] == torch.__version__ and info["precision"] == resolve_precision(cfg.trainer)
     assert {p.name for p in (run / "checkpoints").iterdir()} == {"step_0000003.ckpt", "last.ckpt"}
     assert list(run.glob("events.out.tfevents.*"))
     # the checkpoint alone rebuilds model, tokenizer and config (what probing needs)
