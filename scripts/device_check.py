@@ -37,15 +37,27 @@ from typing import Callable, Optional
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_S = 480  # the whole check: 8 minutes
 
-# (module imported by igsm or the check, the wheel that provides it)
+# (module that igsm or the check imports, the wheel that provides it): only modules some code of
+# igsm, probing, train.py, probe.py, benchmarks/ or this check imports (tests/test_device_check.py
+# checks both ways). Not antlr4: omegaconf 2.4 vendors its parser runtime (2.3 installs it itself,
+# and an omegaconf that fails to import names the module it lacks, below).
 REQUIREMENTS = (
     ("torch", "torch"), ("lightning", "lightning"), ("torchmetrics", "torchmetrics"),
-    ("omegaconf", "omegaconf"), ("antlr4", "antlr4-python3-runtime"), ("yaml", "PyYAML"),
-    ("numpy", "numpy"), ("networkx", "networkx"), ("tensorboard", "tensorboard"),
-    ("tiktoken", "tiktoken"), ("pytest", "pytest"),
+    ("omegaconf", "omegaconf"), ("yaml", "PyYAML"), ("numpy", "numpy"), ("networkx", "networkx"),
+    ("tensorboard", "tensorboard"), ("tiktoken", "tiktoken"), ("matplotlib", "matplotlib"),
+    ("pytest", "pytest"),
 )
+# Modules igsm imports that no step of the check needs, and why.
+NOT_NEEDED = {
+    "scipy": "python -m igsm stats' chi-square test only (the dev extra)",
+    "transformers": "Hugging Face export and checkpoints (the hf extra)",
+    "pyarrow": "Parquet datasets (the hf extra)",
+    "triton": "comes with a CUDA build of torch; igsm.compile_check names it when missing",
+}
+# The wheel of a module a package imports without declaring it as ours (omegaconf 2.3's parser).
+WHEEL_OF = {"antlr4": "antlr4-python3-runtime", "yaml": "PyYAML"}
 WHEELS_HINT = ("python3 -m pip download --no-deps --only-binary=:all: -d .whl omegaconf==2.4.0 "
-               "antlr4-python3-runtime==4.13.2 (scripts/device_wheels.sh), then carry .whl")
+               "(scripts/device_wheels.sh), then carry .whl")
 
 
 @dataclass
@@ -67,14 +79,18 @@ def wheel_paths(folder: Path) -> list[str]:
 
 
 def missing_requirements(requirements=REQUIREMENTS) -> list[str]:
-    """The wheels whose module cannot be imported (omegaconf counts as missing without antlr4)."""
+    """The wheels whose module cannot be imported; omegaconf is imported, so that a dependency
+    it lacks (omegaconf 2.3 without antlr4) is named too."""
     missing = []
     for module, wheel in requirements:
         try:
             if importlib.util.find_spec(module) is None:
                 missing.append(wheel)
             elif module == "omegaconf":
-                import omegaconf  # noqa: F401  (fails here when antlr4 is absent)
+                import omegaconf  # noqa: F401
+        except ModuleNotFoundError as e:
+            name = (e.name or module).split(".")[0]
+            missing.append(wheel if name == module else WHEEL_OF.get(name, name))
         except ImportError:
             missing.append(wheel)
     return missing
