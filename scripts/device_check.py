@@ -30,9 +30,10 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_S = 480  # the whole check: 8 minutes
@@ -66,7 +67,7 @@ class Step:
     title: str
     cap_s: float  # the step's own time limit
     commands: list[list[str]]  # run in order, all within cap_s
-    figures: Callable[[str, "Step"], dict]  # from the combined output
+    figures: Callable[[str, Step], dict]  # from the combined output
     ok_if: Callable[[list[int], dict], bool] = lambda rcs, figs: all(rc == 0 for rc in rcs)
     takes_slack: bool = False  # may also use the time earlier steps left unused (the small run)
 
@@ -232,7 +233,8 @@ def build_steps(smoke: bool, logs: Path) -> list[Step]:
     quiet = ["trainer.enable_progress_bar=false"]
     ckpt = logs / "small" / "version_0" / "checkpoints" / "last.ckpt"
     return [
-        Step("a", "pytest -m gpu", caps["a"], [[py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *gpu_tests]],
+        Step("a", "pytest -m gpu", caps["a"],
+             [[py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *gpu_tests]],
              pytest_figures,
              ok_if=lambda rcs, f: rcs[0] == 0 and f.get("failed", 0) == 0 and (smoke or f.get("passed", 0) > 0)),
         Step("b", "train throughput", caps["b"], [[py, "benchmarks/train_throughput.py", *train_bench]], train_figures),
@@ -253,8 +255,9 @@ def child_train(deadline: float, argv: list[str]) -> int:
     """train.py with a callback that stops training at ``deadline`` (epoch seconds), leaving time for
     its evaluation; writes how far it got to ``device_check_train.json`` in the run folder."""
     sys.path.insert(0, str(ROOT))
-    import train
     from lightning.pytorch.callbacks import Callback
+
+    import train
 
     class StopAtDeadline(Callback):
         def __init__(self) -> None:
@@ -315,7 +318,8 @@ def run_step(step: Step, cap_s: float, env: dict) -> dict:
     ok = not timed_out and len(rcs) == len(step.commands) and step.ok_if(rcs, figures)
     result = {"step": step.key, "title": step.title, "ok": ok, "seconds": round(seconds, 1),
               "cap_seconds": round(cap_s, 1),
-              "cpu_seconds": round(_children_cpu_seconds() - cpu_start, 1), "timed_out": timed_out, "exit_codes": rcs, "figures": figures,
+              "cpu_seconds": round(_children_cpu_seconds() - cpu_start, 1), "timed_out": timed_out,
+              "exit_codes": rcs, "figures": figures,
               "commands": [" ".join(c) for c in step.commands]}
     if not ok:
         result["output_tail"] = out[-3000:]
@@ -366,8 +370,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--child-train"]:
         return child_train(float(argv[1]), argv[3:])
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="every step on CPU at toy sizes (< 2 minutes)")
     p.add_argument("--out", default="device_check.json", help="the JSON report (default device_check.json)")
     p.add_argument("--logs", default=None, help="run folders of step e (default logs/device_check_<time>)")

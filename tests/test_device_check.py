@@ -134,15 +134,16 @@ def test_gpu_output_is_parsed(device_check) -> None:
 (2) Lightning (train.py's Trainer)                505,000 tokens/s, MFU 42.6%
 (3) Lightning + IGSMDataModule, workers=6         503,100 tokens/s, MFU 42.4%
 Lightning / plain loop: 0.986; real data / synthetic: 0.996
-data pipeline, this run (med, gpt2 tokenizer, loss on all, one worker): 210,000 tokens/s = 2.40 workers' worth of the training step (6 configured)
-"""
+""" + ("data pipeline, this run (med, gpt2 tokenizer, loss on all, one worker): 210,000 tokens/s = 2.40 workers' "
+       "worth of the training step (6 configured)\n")
     figs = device_check.train_figures(train_out, None)
     assert figs["plain_tokens_per_s"] == 512345 and figs["plain_mfu_pct"] == 43.2
     assert figs["lightning_real_data_mfu_pct"] == 42.4 and figs["real_over_synthetic"] == 0.996
     assert figs["workers_needed"] == 2.4 and figs["model"].startswith("GPT2-12-12")
     decode_out = "65536 new tokens in 0.512 s (best of 3, prefill included): 128,000 new tokens/s\n"
     assert device_check.decode_figures(decode_out, None)["new_tokens_per_s"] == 128000
-    probe_out = "probe training: 4,096 pairs/s (1,300,000 tokens/s, 62.5 ms/step)\nprobe data (one process): 900 pairs/s\n"
+    probe_out = ("probe training: 4,096 pairs/s (1,300,000 tokens/s, 62.5 ms/step)\n"
+                 "probe data (one process): 900 pairs/s\n")
     assert device_check.probe_figures(probe_out, None) == {
         "pairs_per_s": 4096, "tokens_per_s": 1300000, "ms_per_step": 62.5, "data_pairs_per_s_one_process": 900}
     assert device_check.pytest_figures("12 passed, 1 skipped, 280 deselected in 60.1s\n", None) == {
