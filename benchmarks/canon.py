@@ -91,9 +91,10 @@ def layer_table(shape, device, precisions, repeats, compile_too: bool) -> None:
         for bf16 in precisions:
             fns = {"conv1d": causal_conv_conv1d, "shift": causal_conv_shift}
             if compile_too:
-                fns |= {"conv1d+compile": torch.compile(causal_conv_conv1d), "shift+compile": torch.compile(causal_conv_shift)}
+                fns |= {"conv1d+compile": torch.compile(causal_conv_conv1d),
+                        "shift+compile": torch.compile(causal_conv_shift)}
 
-            def step(fn=None):
+            def step(fn, x=x, w=w, bf16=bf16):
                 with autocast(device, bf16):
                     y = fn(x, w)
                 y.float().sum().backward()

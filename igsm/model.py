@@ -541,5 +541,5 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-__all__ = ["GPT", "GPTOutput", "KVCache", "LayerCache", "Canon", "canon_conv", "causal_conv_shift", "causal_conv_conv1d",
-           "build_rope_cache", "apply_rope", "cached_attention_mask"]
+__all__ = ["GPT", "GPTOutput", "KVCache", "LayerCache", "Canon", "canon_conv", "causal_conv_shift",
+           "causal_conv_conv1d", "build_rope_cache", "apply_rope", "cached_attention_mask"]

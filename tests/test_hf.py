@@ -229,7 +229,8 @@ def test_folder_without_igsm_json_loads_as_gpt2(tmp_path):
     assert all(torch.equal(t, back.model.state_dict()[k]) for k, t in model.state_dict().items())
 
 
-@pytest.mark.parametrize("key,value", [("use_parallel_residual", True), ("rotary_pct", 0.3125), ("model_type", "llama")])
+@pytest.mark.parametrize("key,value", [("use_parallel_residual", True), ("rotary_pct", 0.3125),
+                                       ("model_type", "llama")])
 def test_unsupported_config_is_one_clear_error(tmp_path, key, value):
     _need_hf()
     from igsm import hf
@@ -272,6 +273,7 @@ def train_ckpt(tmp_path_factory):
 
 def test_export_command_then_probe_the_folder(train_ckpt, tmp_path, capsys):
     _need_hf()
+    from igsm import hf
     from igsm.lit import GPTLitModule
 
     out = tmp_path / "export"
