@@ -12,6 +12,7 @@ from typing import ClassVar, NamedTuple, Optional
 
 
 MAX_OP = 52  # solution steps each take one of the 52 ASCII letters
+OP_SAMPLING = ("min2", "uniform")  # GeneratorConfig.op_sampling
 
 
 class ConfigError(ValueError):
@@ -22,7 +23,7 @@ class ConfigError(ValueError):
 class GeneratorConfig:
     """Difficulty knobs of the iGSM generator (spec sections 2-8). Defaults: iGSM-med."""
 
-    max_op: int = 15  # op_max: training op ~ min of two uniform draws on 1..max_op
+    max_op: int = 15  # op_max: training op in 1..max_op, drawn as op_sampling says
     max_ip: int = 20  # ip_max: at most this many instance parameters (edges)
     min_layers: int = 2  # d, the number of layers, lies in [min_layers, max_layers] (2..4)
     max_layers: int = 4
@@ -32,6 +33,10 @@ class GeneratorConfig:
     reask: bool = False  # re-draw the question after generation (spec 8)
     fmt: str = "pq"  # "pq": question after the statements; "qp": question first
     split: str = "train"  # "train", "test" (template hash buckets) or "any"
+    # How op is drawn when not forced: "min2", the paper's min of two uniform draws on 1..max_op
+    # (P(op = k) = (2(max_op - k) + 1) / max_op^2: op = max_op is 1 problem in max_op^2), or
+    # "uniform" on 1..max_op (a flatter mix: more of the long problems).
+    op_sampling: str = "min2"
     split_boundary: int = 17  # buckets 0..boundary-1 are train, boundary..22 test
     world: Optional[str] = None  # world JSON file; None = the default shipped with igsm
     families: Optional[list[int]] = None  # restrict to these families of the world
@@ -90,6 +95,7 @@ def validate_generator(cfg: GeneratorConfig, prefix: str = "") -> None:
            f"null or an integer in 1..{MAX_OP} (one solution letter per step)")
     _check(cfg.fmt in ("pq", "qp"), k("fmt"), cfg.fmt, "'pq' or 'qp'")
     _check(cfg.split in ("train", "test", "any"), k("split"), cfg.split, "'train', 'test' or 'any'")
+    _check(cfg.op_sampling in OP_SAMPLING, k("op_sampling"), cfg.op_sampling, f"one of {list(OP_SAMPLING)}")
     _check(1 <= cfg.split_boundary <= 22, k("split_boundary"), cfg.split_boundary,
            "an integer in 1..22 (buckets below it are train, the rest test)")
     _check(cfg.group_size is None or cfg.group_size >= cfg.max_width, k("group_size"), cfg.group_size,
@@ -130,7 +136,7 @@ def field_names(cls) -> list[str]:
 
 
 __all__ = [
-    "ConfigError", "GeneratorConfig", "GENERATOR_PRESETS", "generator_preset", "validate_generator",
+    "ConfigError", "GeneratorConfig", "OP_SAMPLING", "GENERATOR_PRESETS", "generator_preset", "validate_generator",
     "ModelConfig", "validate_model", "field", "field_names",
 ]
 
@@ -476,10 +482,12 @@ def build_data_tokenizer(cfg: DataConfig):
 
 def bucket_generator_config(cfg: DataConfig, bucket: BucketSpec) -> GeneratorConfig:
     """The generator of one evaluation bucket: the training data's world and sizes, the bucket's
-    op rule and split. For "<=N" the op is drawn by the caller (see igsm.data)."""
+    op rule and split. For "<=N" the op is drawn by the caller (see igsm.data), always from the
+    paper's min-of-two mix whatever data.op_sampling says, so runs that differ in their training
+    op mix are graded on the same problems."""
     base = generator_config(cfg)
     if bucket.up_to:
-        return replace(base, max_op=bucket.op, op=None, reask=False, split=bucket.split)
+        return replace(base, max_op=bucket.op, op=None, reask=False, split=bucket.split, op_sampling="min2")
     return replace(base, op=bucket.op, reask=bucket.reask, split=bucket.split)
 
 
