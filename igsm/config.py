@@ -204,9 +204,13 @@ class DataConfig(GeneratorConfig):
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warm-up then cosine decay (spec 13), stepped every optimizer step."""
+    """AdamW (or Muon + AdamW) with linear warm-up then cosine decay (spec 13), stepped every optimizer step."""
 
-    lr: float = 2e-3  # peak learning rate
+    # "adamw": AdamW on every parameter (the paper). "muon": torch.optim.Muon (torch >= 2.9) on the
+    # 2-D weights of the hidden nn.Linear layers, AdamW (lr, betas, eps above) on the rest: the tied
+    # embedding / output head, norms, biases, Canon convolutions. One schedule scales both lrs.
+    name: str = "adamw"
+    lr: float = 2e-3  # peak learning rate (of AdamW; with name=muon, of the non-matrix parameters)
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-8
     weight_decay: float = 0.05  # on matmul weights only: no decay for biases, LayerNorm, embeddings
@@ -218,6 +222,17 @@ class OptimConfig:
     # max_nonfinite_skips times in the run (then stop). docs/faults.md.
     on_nonfinite: str = "stop"
     max_nonfinite_skips: int = 10
+    # name=muon only. Peak lr of the Muon matrices, on the same schedule: Keller Jordan's 0.02 (the
+    # torch.optim.Muon doc example) under torch's default "original" shape scaling, lr x
+    # sqrt(max(1, fan_out / fan_in)); an update is orthogonalised (spectral norm ~1), so this lr is
+    # not comparable to optim.lr. Weight decay: optim.weight_decay, decoupled (x muon lr).
+    # Momentum: Nesterov, torch's and Keller's default 0.95.
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+
+
+OPTIMIZERS = ("adamw", "muon")
+MUON_MIN_TORCH = "2.9"  # the first torch release with torch.optim.Muon
 
 
 @dataclass
@@ -378,7 +393,15 @@ def validate_data(cfg: DataConfig, prefix: str = "data.") -> None:
 
 
 def validate_optim(cfg: OptimConfig, prefix: str = "optim.") -> None:
+    _check(cfg.name in OPTIMIZERS, prefix + "name", cfg.name, f"one of {list(OPTIMIZERS)}")
+    if cfg.name == "muon":
+        import torch  # only here: config.py stays torch-free for the generator
+
+        _check(hasattr(torch.optim, "Muon"), prefix + "name", cfg.name,
+               f"'adamw' with torch {torch.__version__}: torch.optim.Muon needs torch >= {MUON_MIN_TORCH}")
     _check(cfg.lr > 0, prefix + "lr", cfg.lr, "a float > 0")
+    _check(cfg.muon_lr > 0, prefix + "muon_lr", cfg.muon_lr, "a float > 0")
+    _check(0 <= cfg.muon_momentum < 1, prefix + "muon_momentum", cfg.muon_momentum, "a float in [0, 1)")
     _check(len(cfg.betas) == 2 and all(0 <= b < 1 for b in cfg.betas), prefix + "betas", list(cfg.betas),
            "two floats in [0, 1)")
     _check(cfg.eps > 0, prefix + "eps", cfg.eps, "a float > 0")
@@ -492,7 +515,7 @@ def bucket_generator_config(cfg: DataConfig, bucket: BucketSpec) -> GeneratorCon
 
 
 __all__ += [
-    "EVAL_BUCKETS", "DataConfig", "OptimConfig", "TrainerConfig", "EvalConfig", "TrainConfig",
+    "EVAL_BUCKETS", "DataConfig", "OptimConfig", "OPTIMIZERS", "TrainerConfig", "EvalConfig", "TrainConfig",
     "BucketSpec", "parse_bucket", "accumulation", "validate_train", "validate_data", "validate_optim",
     "validate_trainer", "validate_eval", "generator_config", "bucket_generator_config", "build_data_tokenizer",
 ]
