@@ -59,6 +59,7 @@ from igsm.faults import NonFiniteError, decode_in_chunks
 from igsm.model import GPT
 from igsm.optim import MUON_GROUP, build_optimizer
 from igsm.tokenizer import Tokenizer, tokenizer_from_dict
+from igsm.trainer import cpu_has_native_bf16
 from igsm.verify import ERROR_KINDS
 
 # Dense bf16 tensor-core peak per GPU (no sparsity), matched against torch.cuda.get_device_name;
@@ -233,8 +234,10 @@ class GPTLitModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         o = self.cfg.optim
+        # Muon's Newton-Schulz in float32 where bf16 is emulated (CPUs without AVX512-BF16/AMX)
+        ns_float32 = self.device.type == "cpu" and not cpu_has_native_bf16()
         optimizer = build_optimizer(self.model, param_groups(self.model, o.weight_decay), o,
-                                    fused=self._use_fused_adamw(self.device))
+                                    fused=self._use_fused_adamw(self.device), ns_float32=ns_float32)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
             lr_multiplier, warmup=o.warmup_steps, total=self.cfg.trainer.max_steps, min_ratio=o.min_lr_ratio))
         return {"optimizer": optimizer,

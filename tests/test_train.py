@@ -20,7 +20,7 @@ from igsm.cli_config import config_to_dict, load_config
 from igsm.config import EVAL_BUCKETS, TrainConfig, parse_bucket
 from igsm.data import IGSMDataModule
 from igsm.lit import GPTLitModule, lr_multiplier, param_groups, uniform_letter_loss
-from igsm.optim import MuonAdamW, build_optimizer
+from igsm.optim import MuonAdamW, build_optimizer, newton_schulz
 from igsm.trainer import AtomicCheckpointIO, resolve_precision
 from igsm.verify import ERROR_KINDS
 
@@ -309,6 +309,38 @@ def test_muon_adamw_state_dict_round_trips_exactly() -> None:
     assert all(torch.equal(straight[k], v) for k, v in model.state_dict().items())
     assert any("momentum_buffer" in s for s in fresh.state.values())  # Muon's state came back
     assert any("exp_avg" in s for s in fresh.state.values())  # and AdamW's
+
+
+def test_muon_float32_newton_schulz_is_torchs_update_in_float32() -> None:
+    """ns_float32 (CPUs that emulate bf16): torch.optim.Muon's step with the orthogonalisation in
+    float32. In bf16, igsm.optim.newton_schulz is torch's own iteration bit for bit; a float32
+    step lands where torch's bf16 step does, up to bf16 rounding."""
+    zeropower = getattr(torch.optim._muon, "_zeropower_via_newtonschulz", None)
+    g = torch.randn(48, 16, generator=torch.Generator().manual_seed(0))
+    if zeropower is not None:  # a private torch function: compare only where it exists
+        for m in (g, g.T):
+            assert torch.equal(newton_schulz(m, dtype=torch.bfloat16), zeropower(m, (3.4445, -4.775, 2.0315), 5, 1e-7))
+    torch.manual_seed(0)
+    # full-rank gradients: in a rank-deficient one, NS blows bf16's noise in the null space up to ~1
+    model = torch.nn.Sequential(torch.nn.Linear(16, 48), torch.nn.Tanh(), torch.nn.Linear(48, 11))
+    x = torch.randn(64, 16)
+    cfg = load_config(TrainConfig, ["optim.name=muon"]).optim
+    start = copy.deepcopy(model.state_dict())
+    results = []
+    for ns_float32 in (False, True):
+        model.load_state_dict(start)
+        opt = build_optimizer(model, param_groups(model, 0.1), cfg, fused=None, ns_float32=ns_float32)
+        opt.zero_grad()
+        model(x).logsumexp(-1).mean().backward()
+        opt.step()  # one step from the same weights: the same gradients and momentum
+        results.append((copy.deepcopy(model.state_dict()), [s["momentum_buffer"] for s in opt.state.values()
+                                                            if "momentum_buffer" in s]))
+    (bf16, bufs16), (fp32, bufs32) = results
+    assert len(bufs16) == 2 and all(torch.equal(a, b) for a, b in zip(bufs16, bufs32))
+    for k in ("0.weight", "2.weight"):  # Muon's matrices: the same update up to bf16's ~1-2%
+        moved = (fp32[k] - start[k]).norm()
+        assert 0 < (bf16[k] - fp32[k]).norm() < 0.05 * moved
+    assert all(torch.equal(bf16[k], fp32[k]) for k in ("0.bias", "2.bias"))  # AdamW's: identical
 
 
 # -- resume ------------------------------------------------------------------------------------
