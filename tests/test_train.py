@@ -343,6 +343,17 @@ def test_muon_float32_newton_schulz_is_torchs_update_in_float32() -> None:
     assert all(torch.equal(bf16[k], fp32[k]) for k in ("0.bias", "2.bias"))  # AdamW's: identical
 
 
+@pytest.mark.parametrize("ns_float32", [False, True])
+def test_muon_adamw_leaves_parameters_without_gradient_untouched(ns_float32) -> None:
+    """optim.on_nonfinite=skip sets every gradient to None: no update, no weight decay, either optimizer."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 4))
+    cfg = load_config(TrainConfig, ["optim.name=muon"]).optim
+    opt = build_optimizer(model, param_groups(model, 0.1), cfg, fused=None, ns_float32=ns_float32)
+    before = copy.deepcopy(model.state_dict())
+    opt.step()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and not opt.state
+
+
 # -- resume ------------------------------------------------------------------------------------
 
 class StopAt(Callback):
