@@ -21,7 +21,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Optional
 
-from .config import GENERATOR_PRESETS, ConfigError, GeneratorConfig, generator_preset
+from .config import GENERATOR_PRESETS, OP_SAMPLING, ConfigError, GeneratorConfig, generator_preset
 from .generator import GenerationError, generate_problem, problem_rng
 from .problem import Problem
 from .world import WorldError, load_world
@@ -67,6 +67,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
         overrides["fmt"] = a.format
     if a.op is not None:
         overrides["op"] = a.op
+    if a.op_sampling is not None:
+        overrides["op_sampling"] = a.op_sampling
     if a.world is not None:
         overrides["world"] = a.world
     cfg = generator_preset(a.preset, **overrides)
@@ -87,7 +89,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
             for job in jobs:
                 lines = _generate_chunk(job)
                 f.write("\n".join(lines) + "\n")
-    status(f"wrote {a.n} {a.preset} problems (split={a.split}, op={a.op or 'train distribution'}, "
+    op = a.op or ("train distribution" if cfg.op_sampling == "min2" else f"{cfg.op_sampling} on 1..{cfg.max_op}")
+    status(f"wrote {a.n} {a.preset} problems (split={a.split}, op={op}, "
            f"format={cfg.fmt}, reask={a.reask}, seed={a.seed}) to {_where(a.out)}")
     return 0
 
@@ -518,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="template split (spec 8): train or test buckets, or any (both; stats then counts templates "
                         "per split)")
     g.add_argument("--op", type=int, default=None, help="force op = N (default: training distribution)")
+    g.add_argument("--op-sampling", choices=list(OP_SAMPLING), default=None,
+                   help="training distribution of op: min2 (the paper's min of two uniform draws; default) "
+                        "or uniform on 1..max_op")
     g.add_argument("--reask", action="store_true", help="re-draw the question (spec 8)")
     g.add_argument("--format", choices=["pq", "qp"], default=None, help="default: the preset's (pq)")
     g.add_argument("--n", type=int, default=1000)

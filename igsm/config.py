@@ -12,6 +12,7 @@ from typing import ClassVar, NamedTuple, Optional
 
 
 MAX_OP = 52  # solution steps each take one of the 52 ASCII letters
+OP_SAMPLING = ("min2", "uniform")  # GeneratorConfig.op_sampling
 
 
 class ConfigError(ValueError):
@@ -22,7 +23,7 @@ class ConfigError(ValueError):
 class GeneratorConfig:
     """Difficulty knobs of the iGSM generator (spec sections 2-8). Defaults: iGSM-med."""
 
-    max_op: int = 15  # op_max: training op ~ min of two uniform draws on 1..max_op
+    max_op: int = 15  # op_max: training op in 1..max_op, drawn as op_sampling says
     max_ip: int = 20  # ip_max: at most this many instance parameters (edges)
     min_layers: int = 2  # d, the number of layers, lies in [min_layers, max_layers] (2..4)
     max_layers: int = 4
@@ -32,6 +33,10 @@ class GeneratorConfig:
     reask: bool = False  # re-draw the question after generation (spec 8)
     fmt: str = "pq"  # "pq": question after the statements; "qp": question first
     split: str = "train"  # "train", "test" (template hash buckets) or "any"
+    # How op is drawn when not forced: "min2", the paper's min of two uniform draws on 1..max_op
+    # (P(op = k) = (2(max_op - k) + 1) / max_op^2: op = max_op is 1 problem in max_op^2), or
+    # "uniform" on 1..max_op (a flatter mix: more of the long problems).
+    op_sampling: str = "min2"
     split_boundary: int = 17  # buckets 0..boundary-1 are train, boundary..22 test
     world: Optional[str] = None  # world JSON file; None = the default shipped with igsm
     families: Optional[list[int]] = None  # restrict to these families of the world
@@ -90,6 +95,7 @@ def validate_generator(cfg: GeneratorConfig, prefix: str = "") -> None:
            f"null or an integer in 1..{MAX_OP} (one solution letter per step)")
     _check(cfg.fmt in ("pq", "qp"), k("fmt"), cfg.fmt, "'pq' or 'qp'")
     _check(cfg.split in ("train", "test", "any"), k("split"), cfg.split, "'train', 'test' or 'any'")
+    _check(cfg.op_sampling in OP_SAMPLING, k("op_sampling"), cfg.op_sampling, f"one of {list(OP_SAMPLING)}")
     _check(1 <= cfg.split_boundary <= 22, k("split_boundary"), cfg.split_boundary,
            "an integer in 1..22 (buckets below it are train, the rest test)")
     _check(cfg.group_size is None or cfg.group_size >= cfg.max_width, k("group_size"), cfg.group_size,
@@ -166,8 +172,8 @@ def field_names(cls) -> list[str]:
 
 
 __all__ = [
-    "ConfigError", "GeneratorConfig", "GENERATOR_PRESETS", "generator_preset", "validate_generator",
-    "ModelConfig", "CANON_POSITIONS", "validate_model", "field", "field_names",
+    "ConfigError", "GeneratorConfig", "OP_SAMPLING", "GENERATOR_PRESETS", "generator_preset",
+    "validate_generator", "ModelConfig", "CANON_POSITIONS", "validate_model", "field", "field_names",
 ]
 
 
@@ -234,9 +240,13 @@ class DataConfig(GeneratorConfig):
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warm-up then cosine decay (spec 13), stepped every optimizer step."""
+    """AdamW (or Muon + AdamW) with linear warm-up then cosine decay (spec 13), stepped every optimizer step."""
 
-    lr: float = 2e-3  # peak learning rate
+    # "adamw": AdamW on every parameter (the paper). "muon": torch.optim.Muon (torch >= 2.9) on the
+    # 2-D weights of the hidden nn.Linear layers, AdamW (lr, betas, eps above) on the rest: the tied
+    # embedding / output head, norms, biases, Canon convolutions. One schedule scales both lrs.
+    name: str = "adamw"
+    lr: float = 2e-3  # peak learning rate (of AdamW; with name=muon, of the non-matrix parameters)
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-8
     weight_decay: float = 0.05  # on matmul weights only: no decay for biases, LayerNorm, embeddings
@@ -248,6 +258,17 @@ class OptimConfig:
     # max_nonfinite_skips times in the run (then stop). docs/faults.md.
     on_nonfinite: str = "stop"
     max_nonfinite_skips: int = 10
+    # name=muon only. Peak lr of the Muon matrices, on the same schedule: Keller Jordan's 0.02 (the
+    # torch.optim.Muon doc example) under torch's default "original" shape scaling, lr x
+    # sqrt(max(1, fan_out / fan_in)); an update is orthogonalised (spectral norm ~1), so this lr is
+    # not comparable to optim.lr. Weight decay: optim.weight_decay, decoupled (x muon lr).
+    # Momentum: Nesterov, torch's and Keller's default 0.95.
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+
+
+OPTIMIZERS = ("adamw", "muon")
+MUON_MIN_TORCH = "2.9"  # the first torch release with torch.optim.Muon
 
 
 @dataclass
@@ -408,7 +429,15 @@ def validate_data(cfg: DataConfig, prefix: str = "data.") -> None:
 
 
 def validate_optim(cfg: OptimConfig, prefix: str = "optim.") -> None:
+    _check(cfg.name in OPTIMIZERS, prefix + "name", cfg.name, f"one of {list(OPTIMIZERS)}")
+    if cfg.name == "muon":
+        import torch  # only here: config.py stays torch-free for the generator
+
+        _check(hasattr(torch.optim, "Muon"), prefix + "name", cfg.name,
+               f"'adamw' with torch {torch.__version__}: torch.optim.Muon needs torch >= {MUON_MIN_TORCH}")
     _check(cfg.lr > 0, prefix + "lr", cfg.lr, "a float > 0")
+    _check(cfg.muon_lr > 0, prefix + "muon_lr", cfg.muon_lr, "a float > 0")
+    _check(0 <= cfg.muon_momentum < 1, prefix + "muon_momentum", cfg.muon_momentum, "a float in [0, 1)")
     _check(len(cfg.betas) == 2 and all(0 <= b < 1 for b in cfg.betas), prefix + "betas", list(cfg.betas),
            "two floats in [0, 1)")
     _check(cfg.eps > 0, prefix + "eps", cfg.eps, "a float > 0")
@@ -512,15 +541,17 @@ def build_data_tokenizer(cfg: DataConfig):
 
 def bucket_generator_config(cfg: DataConfig, bucket: BucketSpec) -> GeneratorConfig:
     """The generator of one evaluation bucket: the training data's world and sizes, the bucket's
-    op rule and split. For "<=N" the op is drawn by the caller (see igsm.data)."""
+    op rule and split. For "<=N" the op is drawn by the caller (see igsm.data), always from the
+    paper's min-of-two mix whatever data.op_sampling says, so runs that differ in their training
+    op mix are graded on the same problems."""
     base = generator_config(cfg)
     if bucket.up_to:
-        return replace(base, max_op=bucket.op, op=None, reask=False, split=bucket.split)
+        return replace(base, max_op=bucket.op, op=None, reask=False, split=bucket.split, op_sampling="min2")
     return replace(base, op=bucket.op, reask=bucket.reask, split=bucket.split)
 
 
 __all__ += [
-    "EVAL_BUCKETS", "DataConfig", "OptimConfig", "TrainerConfig", "EvalConfig", "TrainConfig",
+    "EVAL_BUCKETS", "DataConfig", "OptimConfig", "OPTIMIZERS", "TrainerConfig", "EvalConfig", "TrainConfig",
     "BucketSpec", "parse_bucket", "accumulation", "validate_train", "validate_data", "validate_optim",
     "validate_trainer", "validate_eval", "generator_config", "bucket_generator_config", "build_data_tokenizer",
 ]

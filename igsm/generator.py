@@ -20,8 +20,8 @@ from .world import LAYERS_PER_FAMILY, World, load_world
 N_BUCKETS = 23
 MAX_ATTEMPTS = 4_000
 # An op target is kept while attempts fail (so the train split's op histogram is exactly the
-# formula); after this many misses it is redrawn: small ops can have no template in the test
-# buckets at all (op = 1 has only two templates, both train), and "op <= N" test sets are then
+# op_sampling distribution); after this many misses it is redrawn: small ops can have no template
+# in the test buckets at all (op = 1 has only two templates, both train), and "op <= N" test sets are then
 # test-template problems of the training distribution. Forced ops are never redrawn.
 REDRAW_OP_AFTER = 16
 
@@ -47,9 +47,13 @@ def world_for(cfg: GeneratorConfig) -> World:
 
 
 def sample_op(cfg: GeneratorConfig, rng: random.Random) -> int:
-    """Forced op, or the training distribution P(op = k) = (2(op_max - k) + 1) / op_max^2."""
+    """Forced op, or the training distribution of ``cfg.op_sampling``: "min2", the paper's
+    P(op = k) = (2(op_max - k) + 1) / op_max^2 (min of two uniform draws), or "uniform" on
+    1..op_max (one draw)."""
     if cfg.op is not None:
         return cfg.op
+    if cfg.op_sampling == "uniform":
+        return rng.randint(1, cfg.max_op)
     return min(rng.randint(1, cfg.max_op), rng.randint(1, cfg.max_op))
 
 

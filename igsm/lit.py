@@ -4,8 +4,9 @@ logging, evaluation). The network itself is a plain ``nn.Module``; this file sta
 Training: next-token cross-entropy on packed windows (targets -100 carry no loss; with
 ``data.letter_loss=uniform`` the target of a new solution letter is the uniform distribution over
 the problem's unused letters, :func:`uniform_letter_loss`), AdamW
-β = (0.9, 0.98) with weight decay on matmul weights only, linear warm-up then cosine decay to
-``min_lr_ratio`` × peak, stepped every optimizer step. Logged: ``train/loss``, ``train/grad_norm``,
+β = (0.9, 0.98) with weight decay on matmul weights only (``optim.name=muon``: Muon on the hidden
+matrices, :mod:`igsm.optim`), linear warm-up then cosine decay to ``min_lr_ratio`` × each group's
+peak, stepped every optimizer step. Logged: ``train/loss``, ``train/grad_norm``,
 ``train/lr/*`` (LearningRateMonitor), ``train/tokens_per_s`` (all ranks together) and
 ``train/mfu`` (per device, against the bf16 dense peak of H100/H200/A100; absent on CPU).
 
@@ -56,7 +57,9 @@ from igsm.data import EvalBatch
 from igsm.decode import greedy_decode
 from igsm.faults import NonFiniteError, decode_in_chunks
 from igsm.model import GPT
+from igsm.optim import MUON_GROUP, build_optimizer
 from igsm.tokenizer import Tokenizer, tokenizer_from_dict
+from igsm.trainer import cpu_has_native_bf16
 from igsm.verify import ERROR_KINDS
 
 # Dense bf16 tensor-core peak per GPU (no sparsity), matched against torch.cuda.get_device_name;
@@ -231,10 +234,10 @@ class GPTLitModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         o = self.cfg.optim
-        optimizer = torch.optim.AdamW(
-            param_groups(self.model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-            fused=self._use_fused_adamw(self.device),
-        )
+        # Muon's Newton-Schulz in float32 where bf16 is emulated (CPUs without AVX512-BF16/AMX)
+        ns_float32 = self.device.type == "cpu" and not cpu_has_native_bf16()
+        optimizer = build_optimizer(self.model, param_groups(self.model, o.weight_decay), o,
+                                    fused=self._use_fused_adamw(self.device), ns_float32=ns_float32)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
             lr_multiplier, warmup=o.warmup_steps, total=self.cfg.trainer.max_steps, min_ratio=o.min_lr_ratio))
         return {"optimizer": optimizer,
@@ -249,10 +252,11 @@ class GPTLitModule(L.LightningModule):
         schedule = self.lr_schedulers()
         factor = lr_multiplier(schedule.last_epoch, warmup=o.warmup_steps, total=self.cfg.trainer.max_steps,
                                min_ratio=o.min_lr_ratio)
-        schedule.base_lrs = [o.lr] * len(schedule.base_lrs)
-        for group in schedule.optimizer.param_groups:
-            group["initial_lr"] = o.lr
-            group["lr"] = o.lr * factor
+        peaks = [o.muon_lr if group.get("name") == MUON_GROUP else o.lr for group in schedule.optimizer.param_groups]
+        schedule.base_lrs = peaks
+        for group, peak in zip(schedule.optimizer.param_groups, peaks):
+            group["initial_lr"] = peak
+            group["lr"] = peak * factor
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Resume with the AdamW kernel of this run's device, not of the device that wrote the
