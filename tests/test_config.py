@@ -10,10 +10,15 @@ import pytest
 
 from igsm.cli_config import available_presets, config_from_dict, config_to_dict, config_to_yaml, load_config
 from igsm.config import (
-    EVAL_BUCKETS, GENERATOR_PRESETS, ConfigError, TrainConfig, accumulation, bucket_generator_config,
-    generator_config, parse_bucket,
+    EVAL_BUCKETS,
+    GENERATOR_PRESETS,
+    ConfigError,
+    TrainConfig,
+    accumulation,
+    bucket_generator_config,
+    generator_config,
+    parse_bucket,
 )
-
 
 TRAIN_PRESETS = [p for p in available_presets() if not p.startswith("probe")]  # probe_*.yaml: probe.py's schema
 
