@@ -156,6 +156,7 @@ TEMPLATE_TEXTS = (
     "How many B does A have?",
     "Define A's B as v; t = a - b = 4 - 9 = 18; u = t + c = 18 + 2 = 20; so v = 3 * u = 3 * 20 = 14.",
     "Answer: 16.",
+    "Define A's B as BACK.",  # retry data's retraction (igsm.retry): " BACK" is one token
 )
 MAX_NUMBER_TOKEN = 22  # numbers 0..22 are single tokens; larger ones fall back to digit tokens
 
