@@ -511,6 +511,7 @@ __all__ += [
 # =============================================================================================
 
 PROBE_TASKS = ("nece", "dep", "known", "value", "can_next", "nece_next")  # = probing.labels.TASKS
+PROBE_EXTRA_TASKS = ("regret",)  # Part 2.2's regret probe (probing.labels): on request, not by default
 PROBE_LAYERS = ("last", "all")
 PROBE_CONTROLS = ("none", "random_init", "both")
 PROBE_TEST_SPLITS = ("test", "train")
@@ -589,8 +590,9 @@ def validate_probe(cfg: ProbeConfig) -> None:
            "name", cfg.name, "null or a non-empty run name without spaces")
     _check(cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
     p = cfg.probe
-    _check(len(p.tasks) >= 1 and all(t in PROBE_TASKS for t in p.tasks) and len(set(p.tasks)) == len(p.tasks),
-           "probe.tasks", p.tasks, f"a non-empty list of distinct tasks from {list(PROBE_TASKS)}")
+    allowed = PROBE_TASKS + PROBE_EXTRA_TASKS
+    _check(len(p.tasks) >= 1 and all(t in allowed for t in p.tasks) and len(set(p.tasks)) == len(p.tasks),
+           "probe.tasks", p.tasks, f"a non-empty list of distinct tasks from {list(allowed)}")
     _check(p.layers in PROBE_LAYERS, "probe.layers", p.layers, f"one of {list(PROBE_LAYERS)}")
     _check(p.control in PROBE_CONTROLS, "probe.control", p.control, f"one of {list(PROBE_CONTROLS)}")
     _check(p.rank >= 1, "probe.rank", p.rank, "an integer >= 1")
@@ -623,5 +625,5 @@ def validate_probe(cfg: ProbeConfig) -> None:
            "trainer.precision", cfg.trainer.precision, "'32-true', 'bf16-mixed' or null on CPU")
 
 
-__all__ += ["PROBE_TASKS", "PROBE_LAYERS", "PROBE_CONTROLS", "PROBE_TEST_SPLITS", "ProbeOptions", "AnalysisConfig", "ProbeConfig",
+__all__ += ["PROBE_TASKS", "PROBE_EXTRA_TASKS", "PROBE_LAYERS", "PROBE_CONTROLS", "PROBE_TEST_SPLITS", "ProbeOptions", "AnalysisConfig", "ProbeConfig",
             "validate_probe"]
