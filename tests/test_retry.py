@@ -116,6 +116,10 @@ def test_retraction_word_is_one_token(name, world):
     ids = tok.encode(text)
     back = tok.encode(" " + RETRACTION)[0]
     assert all(ids[i - 1] == as_id for i, t in enumerate(ids) if t == back)
+    if name == "word":  # appended after the sorted pieces: no other id moved
+        assert tok.vocab[-2:] == ("BACK", " BACK") and tok.vocab[back] == " BACK"
+        body = tok.vocab[9:-2]
+        assert list(body) == sorted(body)
 
 
 def test_generate_cli_retry_options():
