@@ -126,3 +126,18 @@ def test_regret_cases_on_generated_solutions():
         assert tok.decode(cases[-1][0]).endswith(f"Define {p.param_name(b)} as")
         checked += 1
     assert checked > 3
+
+
+def test_run_analysis_reports_regret():
+    from igsm.config import AnalysisConfig
+    from probing.analysis import analysis_scalars, run_analysis
+
+    gen = generator_preset("tiny")
+    tok = build_tokenizer("word", world_for(gen))
+    torch.manual_seed(0)
+    gpt = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=512), tok.vocab_size)
+    m = VProbe(gpt, ["regret", "can_next"], control="none")
+    res = run_analysis(m, tok, gen, AnalysisConfig(n=3, batch_size=3, max_new_tokens=12, reask_op=3))
+    assert set(res["regret"]) >= {"not_ready_steps", "probe_flagged_not_ready", "rate_flagged_not_ready",
+                                  "correct_steps", "probe_flagged_correct", "rate_flagged_correct"}
+    analysis_scalars(res)  # no crash on None rates

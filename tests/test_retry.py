@@ -175,6 +175,10 @@ def test_train_config_retry_keys_and_presets():
     cfg = load_config(TrainConfig, ["preset=small_cpu", "data.retry_rate=0.2", "data.retry_loss=mask",
                                     "data.retry_kind=retry_weak"])
     assert (cfg.data.retry_rate, cfg.data.retry_loss, cfg.data.retry_kind) == (0.2, "mask", "retry_weak")
+    from igsm.data import IGSMDataModule
+
+    ds = IGSMDataModule(cfg.data, cfg.eval, seed=0).train_dataset()
+    assert ds.retry_loss == "mask" and (ds.gen_cfg.retry_rate, ds.gen_cfg.retry_kind) == (0.2, "retry_weak")
     for bad in ("data.retry_loss=some", "data.retry_rate=1.0", "data.retry_kind=never"):
         with pytest.raises(ConfigError, match=bad.split("=")[0].split(".")[1]):
             load_config(TrainConfig, ["preset=small_cpu", bad])
@@ -190,3 +194,36 @@ def test_eval_json_counts_retractions():
     e = bucket_entry(parse_bucket("<=4"), m.compute(), 5)
     assert e["retractions_per_problem"] == 0.75 and e["solutions_with_retractions"] == 2
     assert (e["true_regrets"], e["false_regrets"]) == (2, 1) and e["errors"]["bad_retraction"] == 1
+
+
+def test_validation_grades_and_counts_the_models_retractions(tmp_path, monkeypatch):
+    """Evaluation through the LightningModule: generations with retractions (the generator's own
+    retry solutions as an oracle) are correct, and eval.json counts their retractions."""
+    import lightning as L
+
+    from igsm.cli_config import config_to_dict, load_config
+    from igsm.config import TrainConfig
+    from igsm.data import IGSMDataModule
+    from igsm.lit import GPTLitModule
+
+    cfg = load_config(TrainConfig, [
+        "preset=tiny", "model.n_layer=1", "model.n_head=2", "model.n_embd=32", "data.retry_rate=0.5",
+        "data.num_workers=0", "eval.n=6", "eval.batch_size=6", "eval.max_new_tokens=8", "eval.buckets=[3,4]",
+        "trainer.accelerator=cpu", "trainer.devices=1", "trainer.strategy=auto", "trainer.enable_progress_bar=false"])
+    dm = IGSMDataModule(cfg.data, cfg.eval, seed=cfg.seed)
+    ds, tok, answers, expected = dm.eval_dataset(), dm.tokenizer, {}, {}
+    for k in range(len(ds)):
+        batch = ds[k]
+        for p, prompt in zip(batch.problems, batch.prompts):
+            answers[tuple(prompt)] = tok.encode_example(p.problem_text, p.solution, p.answer)[len(prompt) - 1:]
+            expected[batch.bucket] = expected.get(batch.bucket, 0) + len(p.retries)
+    monkeypatch.setattr(GPTLitModule, "decode", lambda self, prompts: [answers[tuple(p)] for p in prompts])
+    module = GPTLitModule(config_to_dict(cfg), tok.to_dict())
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.validate(module, datamodule=dm, verbose=False)
+    assert sum(expected.values()) > 0
+    for b, e in enumerate(module.last_eval):
+        assert e["accuracy"] == 1.0 and e["errors"] == {}
+        assert e["retractions_per_problem"] == pytest.approx(expected.get(b, 0) / 6)
+        assert e["true_regrets"] == expected.get(b, 0) and e["false_regrets"] == 0
