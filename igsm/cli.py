@@ -331,7 +331,7 @@ def cmd_stats(a: argparse.Namespace) -> int:
     from .tokenizer import build_tokenizer
 
     tok = build_tokenizer("gpt2")
-    ops, ips, sentences, lengths, answers = [], [], [], [], []
+    ops, ips, sentences, lengths, answers, retractions = [], [], [], [], [], []
     templates: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)  # op -> hash -> count
     buckets: dict[int, int] = {}  # template hash -> bucket
     for n, obj in read_records(a.inp):
@@ -340,7 +340,9 @@ def cmd_stats(a: argparse.Namespace) -> int:
             raise CLIError(f"{_where_in(a.inp)} line {n}: fields 'problem' and 'solution' must be strings")
         statements = problem.count(". ") + problem.endswith(".")  # sentences end with "."
         ips.append(int(obj["ip"]) if isinstance(obj.get("ip"), int) else statements)
-        sol_sentences = solution.count("Define ")
+        n_back = solution.count(" as BACK.")  # retry data's retractions are not solution steps
+        retractions.append(n_back)
+        sol_sentences = solution.count("Define ") - n_back
         sentences.append(sol_sentences)
         ops.append(int(obj["op"]) if isinstance(obj.get("op"), int) else solution.count("="))
         if isinstance(obj.get("template_hash"), int) and isinstance(obj.get("bucket"), int):
@@ -355,6 +357,8 @@ def cmd_stats(a: argparse.Namespace) -> int:
     print(histogram("op", ops))
     print(histogram("ip (statement sentences)", ips))
     print(histogram("solution sentences", sentences))
+    if any(retractions):
+        print(histogram("retractions (Define A as BACK.)", retractions))
     print(histogram("GPT-2 tokens (full sequence)", lengths))
     print(histogram("answer", answers))
     if templates:

@@ -25,8 +25,11 @@ from .problem import Param, Problem
 
 
 def retry_rng(rng: random.Random) -> random.Random:
-    """A random stream derived from ``rng``'s state, leaving ``rng`` untouched."""
-    return random.Random("igsm:retry:" + repr(rng.getstate()))
+    """A random stream derived from ``rng``'s state, leaving ``rng`` untouched: a copy of ``rng``
+    draws 128 bits, which seed (hashed with SHA-512, like every igsm stream) the retry stream."""
+    copy = random.Random(0)
+    copy.setstate(rng.getstate())
+    return random.Random("igsm:retry:%d" % copy.getrandbits(128))
 
 
 def retry_candidates(problem: Problem, k: int, kind: str) -> list[Param]:

@@ -10,7 +10,8 @@ the tokenizer encodes a whole part, so every cut is a token boundary of the full
 * ``statement_end``: pq only, after the last statement, before the question (dep);
 * ``boundaries[j]``: after the ``[solution]`` marker and j solution sentences (j = 0..n).
 
-Then ``[START] A [END]`` (dep: ``[START] A [MID] B [END]``) is appended, where a parameter name
+The ``regret`` task instead appends ``Define A as`` at a boundary (:func:`regret_ids`) and is read at
+its last token. Otherwise ``[START] A [END]`` (dep: ``[START] A [MID] B [END]``) is appended, where a parameter name
 is encoded as ``tokenizer.encode(" " + name)``: in the text every name follows a space
 ("each A's B", "Define A's B", "does A have"), which both tokenizers encode with the space in
 the first token of the name.

@@ -227,3 +227,15 @@ def test_validation_grades_and_counts_the_models_retractions(tmp_path, monkeypat
         assert e["accuracy"] == 1.0 and e["errors"] == {}
         assert e["retractions_per_problem"] == pytest.approx(expected.get(b, 0) / 6)
         assert e["true_regrets"] == expected.get(b, 0) and e["false_regrets"] == 0
+
+
+def test_stats_counts_steps_and_retractions_apart():
+    def run(*args, inp=None):
+        return subprocess.run([sys.executable, "-m", "igsm", *args], input=inp, capture_output=True)
+
+    plain = run("generate", "--preset", "small_cpu", "--n", "40").stdout
+    retry = run("generate", "--preset", "small_cpu", "--n", "40", "--retry-rate", "0.4").stdout
+    a, b = run("stats", "--in", "-", inp=plain).stdout.decode(), run("stats", "--in", "-", inp=retry).stdout.decode()
+    line = [x for x in a.splitlines() if x.startswith("solution sentences")]
+    assert line and line == [x for x in b.splitlines() if x.startswith("solution sentences")]
+    assert "retractions" in b and "retractions" not in a
