@@ -11,7 +11,7 @@ from igsm.model import GPT
 from igsm.tokenizer import build_tokenizer
 from igsm.verify import verify_solution
 from probing.analysis import regret_cases
-from probing.controls import FineTuned, last_end_index
+from probing.controls import FineTuned, finetune_positive, last_end_index
 from probing.data import ProbeDataModule, ProblemTokens, problem_pairs
 from probing.labels import ALL_TASKS, NUM_CLASSES, TASKS, ProblemLabels, draw_queries
 from probing.vprobe import VProbe
@@ -98,6 +98,12 @@ def test_vprobe_trains_and_tests_regret():
     ft = FineTuned(gpt, 2, tok.end_id, tok.pad_id)
     batch = next(iter(dm.test_dataloader()[0]))
     assert ft(batch["idx"]).shape == (len(batch["idx"]), 2)
+    # the positive control reads the regret row's last real token, where the V-probe reads it
+    rows = torch.arange(len(batch["idx"]))
+    assert (last_end_index(batch["idx"], tok.end_id, tok.pad_id) == batch["end"]).all()
+    assert (batch["idx"][rows, batch["end"]] == tok.encode(" as")[0]).all()
+    pos = finetune_positive(gpt, tok, GEN, "regret", steps=2, lr=1e-3, batch_size=8, draws=6, seed=0)
+    assert pos(batch["idx"]).shape == (len(batch["idx"]), 2)
 
 
 def test_regret_cases_on_generated_solutions():

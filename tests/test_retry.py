@@ -239,3 +239,19 @@ def test_stats_counts_steps_and_retractions_apart():
     line = [x for x in a.splitlines() if x.startswith("solution sentences")]
     assert line and line == [x for x in b.splitlines() if x.startswith("solution sentences")]
     assert "retractions" in b and "retractions" not in a
+
+
+def test_verifier_never_raises_on_stray_back():
+    import random
+
+    rng = random.Random(0)
+    for p in _problems(60, retry_rate=0.3):
+        words = p.solution.split(" ")
+        for _ in range(8):
+            w = list(words)
+            for _ in range(rng.randint(1, 3)):
+                w.insert(rng.randrange(len(w) + 1), rng.choice([RETRACTION, RETRACTION + ".", RETRACTION + ";"]))
+            if rng.random() < 0.3:
+                del w[rng.randrange(len(w)):]  # cut anywhere
+            r = verify_solution_strict(p, " ".join(w), p.answer)  # a verifier bug would raise here
+            assert r.error in ERROR_KINDS or r.correct
