@@ -36,7 +36,7 @@ from igsm.config import (
     generator_config, parse_bucket,
 )
 from igsm.generator import GenerationError, generate_problem, problem_rng, sample_op
-from igsm.problem import Problem
+from igsm.problem import RETRACTION, Problem
 from igsm.tokenizer import Tokenizer
 
 IGNORE_INDEX = -100  # targets with this value carry no loss (torch cross_entropy's ignore_index)
@@ -68,7 +68,7 @@ def retraction_targets(tokenizer: Tokenizer, problem: Problem) -> list[int]:
         enc = tokenizer._encode_part if k == 0 else (lambda t: tokenizer.encode(" " + t))
         ids = enc(sentence)
         if wrong:
-            head = enc(sentence[: -len(" BACK.")])  # "Define A as": a token boundary in both tokenizers
+            head = enc(sentence[: -len(f" {RETRACTION}.")])  # "Define A as": a token boundary in both tokenizers
             if ids[: len(head)] == head:
                 out.extend(range(pos, pos + len(head)))
         pos += len(ids)

@@ -264,6 +264,8 @@ class Problem:
                        "abstract": bool, "products": bool, "value": int}, ...],
            "question": [...], "solution_order": [[...]], "letters": {"name": letter}}``
         kind 0 = instance, 1 = abstract. ``params`` are in definition (topological) order.
+        Retry data adds ``"retries": [[k, [kind, layer, item, target]], ...]`` (the wrong step
+        ``Define A as BACK.`` before solution sentence k), only when there are any.
         """
         params = []
         for p in self.definition_order:
