@@ -18,8 +18,8 @@ import json
 import os
 import statistics
 import sys
-from dataclasses import replace
-from typing import Iterable, Iterator, Optional
+from collections.abc import Iterable, Iterator
+from typing import Optional
 
 from .config import GENERATOR_PRESETS, ConfigError, GeneratorConfig, generator_preset
 from .generator import GenerationError, generate_problem, problem_rng
@@ -118,7 +118,7 @@ class _StandardOutput:
     def close(self) -> None:
         sys.stdout.flush()
 
-    def __enter__(self) -> "_StandardOutput":
+    def __enter__(self) -> _StandardOutput:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -182,12 +182,13 @@ class ParquetRecordWriter:
         if self.schema is None:
             pa = self.pa
             self.schema = pa.schema([
-                (k, pa.type_for_alias(PARQUET_TYPES[k]) if k in PARQUET_TYPES else pa.array([r.get(k) for r in records]).type)
+                (k, pa.type_for_alias(PARQUET_TYPES[k]) if k in PARQUET_TYPES
+                 else pa.array([r.get(k) for r in records]).type)
                 for k in records[0]])
             self.writer = self.pa.parquet.ParquetWriter(self.path, self.schema)
         self.writer.write_table(self.pa.Table.from_pylist(records, schema=self.schema))
 
-    def __enter__(self) -> "ParquetRecordWriter":
+    def __enter__(self) -> ParquetRecordWriter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -378,7 +379,8 @@ def template_table(templates: dict[int, collections.Counter], buckets: dict[int,
         counts = templates[op]
         test = [h for h in counts if buckets[h] >= boundary]
         test_share = sum(counts[h] for h in test) / sum(counts.values())
-        lines.append(f"  {op:>4} {sum(counts.values()):>9} {len(counts):>10} {len(test):>15} {100 * test_share:>13.1f}%")
+        lines.append(f"  {op:>4} {sum(counts.values()):>9} {len(counts):>10} {len(test):>15} "
+                     f"{100 * test_share:>13.1f}%")
     return "\n".join(lines)
 
 
@@ -518,7 +520,8 @@ def cmd_export(a: argparse.Namespace) -> int:
         out = hf.export_checkpoint(a.ckpt, a.out)
     except hf.InteropError as e:
         raise CLIError(str(e)) from None
-    print(f"wrote {out} (load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}, local_files_only=True))")
+    print(f"wrote {out} (load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}, "
+          "local_files_only=True))")
     return 0
 
 
@@ -529,7 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="export problems as JSONL")
     g.add_argument("--preset", choices=sorted(GENERATOR_PRESETS), default="med")
     g.add_argument("--split", choices=["train", "test", "any"], default="train",
-                   help="template split (spec 8): train or test buckets, or any (both; stats then counts templates per split)")
+                   help="template split (spec 8): train or test buckets, or any (both; stats then counts templates "
+                        "per split)")
     g.add_argument("--op", type=int, default=None, help="force op = N (default: training distribution)")
     g.add_argument("--reask", action="store_true", help="re-draw the question (spec 8)")
     g.add_argument("--format", choices=["pq", "qp"], default=None, help="default: the preset's (pq)")
@@ -542,7 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "again), insert a wrong step 'Define A as BACK.' (default 0: off)")
     g.add_argument("--retry-kind", choices=["retry", "retry_weak"], default="retry",
                    help="retry: A is not computable yet; retry_weak: A is defined later in the solution")
-    g.add_argument("--out", default="-", help="JSONL file (default, or -: standard output), or FILE.parquet (extra [hf])")
+    g.add_argument("--out", default="-",
+                   help="JSONL file (default, or -: standard output), or FILE.parquet (extra [hf])")
     g.set_defaults(func=cmd_generate)
     v = sub.add_parser("verify", help="grade solutions in a JSONL (or .parquet) file")
     v.add_argument("--in", dest="inp", metavar="FILE", required=True, help="JSONL or .parquet file (-: standard input)")

@@ -117,18 +117,54 @@ class ModelConfig:
     dropout: float = 0.0
     bias: bool = True
     compile: bool = False  # wrap the forward in torch.compile (checkpoint keys unchanged)
+    # Canon layers (Part 4.1, Allen-Zhu 2025): a causal depthwise convolution over the last
+    # canon_kernel positions, added back to its stream (h + conv(h)), at any subset of four places
+    # per block: A on the attention's input (after ln_1), B on the q, k, v projections (before
+    # RoPE), C on the MLP's input (after ln_2), D on the MLP's hidden layer (before GELU).
+    # "" = none: the paper's GPT-2. E.g. "ABCD" or "AC".
+    canon: str = ""
+    canon_kernel: int = 4
+    # Dims of each head that RoPE rotates (the first rope_dim; the rest carry no position):
+    # None = the whole head; 0 = no position embedding at all (NoPE). Part 4.1 pairs Canon with
+    # a quarter of the head.
+    rope_dim: Optional[int] = None
 
     @property
     def d_model(self) -> int:
         return self.n_embd if self.n_embd is not None else 64 * self.n_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def rotary_dim(self) -> int:
+        """How many dims of each head RoPE rotates (``rope_dim`` resolved)."""
+        return self.head_dim if self.rope_dim is None else self.rope_dim
+
+
+CANON_POSITIONS = "ABCD"
 
 
 def validate_model(cfg: ModelConfig, prefix: str = "model.") -> None:
     _check(cfg.n_layer >= 1, prefix + "n_layer", cfg.n_layer, "an integer >= 1")
     _check(cfg.n_head >= 1, prefix + "n_head", cfg.n_head, "an integer >= 1")
     d = cfg.d_model
-    _check(d % cfg.n_head == 0 and (d // cfg.n_head) % 2 == 0, prefix + "n_embd", cfg.n_embd,
-           f"a multiple of n_head ({cfg.n_head}) with an even head size (RoPE rotates pairs)")
+    _check(d % cfg.n_head == 0, prefix + "n_embd", cfg.n_embd, f"a multiple of n_head ({cfg.n_head})")
+    hd = d // cfg.n_head
+    if cfg.rope_dim is None:
+        _check(hd % 2 == 0, prefix + "n_embd", cfg.n_embd,
+               f"a multiple of n_head ({cfg.n_head}) with an even head size (RoPE rotates pairs), or set "
+               "model.rope_dim")
+    else:
+        _check(isinstance(cfg.rope_dim, int) and 0 <= cfg.rope_dim <= hd and cfg.rope_dim % 2 == 0,
+               prefix + "rope_dim", cfg.rope_dim,
+               f"null (the whole head) or an even integer in 0..{hd} (the head size; RoPE rotates pairs, 0 = NoPE)")
+    canon = cfg.canon if isinstance(cfg.canon, str) else None
+    _check(canon is not None and all(c in CANON_POSITIONS for c in canon) and len(set(canon)) == len(canon),
+           prefix + "canon", cfg.canon, f"a string of distinct letters from {CANON_POSITIONS!r} ('' = no Canon layers)")
+    _check(isinstance(cfg.canon_kernel, int) and cfg.canon_kernel >= 1, prefix + "canon_kernel",
+           cfg.canon_kernel, "an integer >= 1 (positions each Canon layer mixes; 4 in Part 4.1)")
     _check(0.0 <= cfg.dropout < 1.0, prefix + "dropout", cfg.dropout, "a float in [0, 1)")
     _check(cfg.block_size >= 16, prefix + "block_size", cfg.block_size, "an integer >= 16")
 
@@ -139,7 +175,7 @@ def field_names(cls) -> list[str]:
 
 __all__ = [
     "ConfigError", "GeneratorConfig", "GENERATOR_PRESETS", "generator_preset", "validate_generator",
-    "ModelConfig", "validate_model", "field", "field_names",
+    "ModelConfig", "CANON_POSITIONS", "validate_model", "field", "field_names",
 ]
 
 

@@ -300,7 +300,7 @@ class Problem:
         }
 
     @classmethod
-    def from_graph_json(cls, g: dict) -> "Problem":
+    def from_graph_json(cls, g: dict) -> Problem:
         """Rebuild a Problem (without text) from :meth:`graph_json`; ``igsm.render`` adds text."""
         equations: dict[Param, Equation] = {}
         values: dict[Param, int] = {}

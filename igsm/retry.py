@@ -29,7 +29,7 @@ def retry_rng(rng: random.Random) -> random.Random:
     draws 128 bits, which seed (hashed with SHA-512, like every igsm stream) the retry stream."""
     copy = random.Random(0)
     copy.setstate(rng.getstate())
-    return random.Random("igsm:retry:%d" % copy.getrandbits(128))
+    return random.Random(f"igsm:retry:{copy.getrandbits(128)}")
 
 
 def retry_candidates(problem: Problem, k: int, kind: str) -> list[Param]:

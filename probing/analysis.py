@@ -29,6 +29,7 @@ The output is a JSON-able dict (``analysis.json``) and TensorBoard scalars ``ana
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import replace
 from typing import Optional
 
@@ -36,6 +37,7 @@ import torch
 
 from igsm.config import AnalysisConfig, GeneratorConfig
 from igsm.decode import greedy_decode
+from igsm.faults import decode_in_chunks
 from igsm.generator import GenerationError, generate_problem, problem_rng, world_for
 from igsm.problem import Param, Problem
 from igsm.verify import verify_solution
@@ -153,6 +155,29 @@ def _autocast(device: torch.device, precision: Optional[str] = None):
     return torch.autocast("cpu", enabled=False)
 
 
+def _decode_fitting(backbone, tok, prompts: list[list[int]], chunk: int, max_new_tokens: int) -> tuple[list, int]:
+    """Greedy generations of ``prompts`` in batches of ``chunk``, halved when a batch runs out of
+    memory (:func:`igsm.faults.decode_in_chunks`, as evaluation does); returns (generations in
+    input order, the batch size that fitted). Longest first, as :func:`greedy_decode` orders them,
+    so without a halving the batches are the ones ``greedy_decode(..., batch_size=chunk)`` makes."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+
+    def decode(part: list[list[int]]) -> list[list[int]]:
+        return greedy_decode(backbone, part, max_new_tokens=max_new_tokens, stop_ids=[tok.eos_id],
+                             pad_id=tok.pad_id, batch_size=len(part))
+
+    gens, fitted = decode_in_chunks(decode, [prompts[i] for i in order], chunk, on_halve=_warn_halved)
+    out: list = [None] * len(prompts)
+    for i, g in zip(order, gens):
+        out[i] = g
+    return out, fitted
+
+
+def _warn_halved(old: int, new: int) -> None:
+    print(f"warning: out of memory decoding {old} analysis prompts at once; going on with {new} at a time "
+          f"(results as with analysis.batch_size={new}; set it to start there)", file=sys.stderr, flush=True)
+
+
 def _rate(num: int, den: int) -> Optional[float]:
     return num / den if den else None
 
@@ -175,6 +200,7 @@ def run_analysis(module, tokenizer, gen_cfg: GeneratorConfig, cfg: AnalysisConfi
     b_cases = b_skipped = 0
     errors: dict[str, int] = {}
     regret = {"not_ready_steps": 0, "probe_flagged_not_ready": 0, "correct_steps": 0, "probe_flagged_correct": 0}
+    chunk = cfg.batch_size  # prompts decoded at once; halved for good on out of memory
 
     for kind in ("reask", "test"):
         problems = analysis_problems(gen_cfg, kind, cfg.n, seed, cfg.reask_op)
@@ -182,8 +208,8 @@ def run_analysis(module, tokenizer, gen_cfg: GeneratorConfig, cfg: AnalysisConfi
         keep = [i for i, pr in enumerate(prompts) if len(pr) < block]
         problems, prompts = [problems[i] for i in keep], [prompts[i] for i in keep]
         with _autocast(device, precision):  # the run's precision: fp32 decoding is ~10x slower on a GPU
-            gens = greedy_decode(backbone, prompts, max_new_tokens=max(1, min(cfg.max_new_tokens, block - max(map(len, prompts), default=0))),
-                                 stop_ids=[tok.eos_id], pad_id=tok.pad_id, batch_size=cfg.batch_size) if problems else []
+            gens, chunk = _decode_fitting(backbone, tok, prompts, chunk, max_new_tokens=max(
+                1, min(cfg.max_new_tokens, block - max(map(len, prompts), default=0))))
         n_correct = n_unnec = 0
         nece_queries: list[tuple[list[int], bool]] = []  # (ids, computed by a correct solution)
         regret_queries: list[tuple[list[int], int]] = []  # (ids, 1 = a not_ready step, 0 = a correct one)

@@ -220,7 +220,8 @@ def draw_regret_queries(problem: Problem, rng: random.Random, n: int = 10) -> li
 
 
 __all__ = [
-    "ALL_TASKS", "draw_regret_queries", "TASKS", "NUM_CLASSES", "PAIR_TASKS", "BOUNDARY_TASKS", "UNKNOWN_VALUE", "MAX_DISTANCE",
+    "ALL_TASKS", "draw_regret_queries",
+    "TASKS", "NUM_CLASSES", "PAIR_TASKS", "BOUNDARY_TASKS", "UNKNOWN_VALUE", "MAX_DISTANCE",
     "check_task", "graph_params", "n_positions", "question_distances", "ProblemLabels", "label",
     "draw_queries",
 ]

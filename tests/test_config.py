@@ -9,10 +9,7 @@ from pathlib import Path
 import pytest
 
 from igsm.cli_config import available_presets, config_from_dict, config_to_dict, config_to_yaml, load_config
-from igsm.config import (
-    EVAL_BUCKETS, GENERATOR_PRESETS, ConfigError, TrainConfig, accumulation, parse_bucket,
-)
-
+from igsm.config import EVAL_BUCKETS, GENERATOR_PRESETS, ConfigError, TrainConfig, accumulation, parse_bucket
 
 TRAIN_PRESETS = [p for p in available_presets() if not p.startswith("probe")]  # probe_*.yaml: probe.py's schema
 
@@ -71,7 +68,8 @@ def test_default_is_tiny_and_cli_overrides_win() -> None:
 
 
 def test_data_preset_is_the_base_of_the_generator_fields() -> None:
-    cfg = load_config(TrainConfig, ["data.preset=med", "data.tokenizer=gpt2", "data.context=768", "model.block_size=1024"])
+    cfg = load_config(TrainConfig, ["data.preset=med", "data.tokenizer=gpt2", "data.context=768",
+                                    "model.block_size=1024"])
     assert (cfg.data.max_op, cfg.data.max_ip, cfg.data.families) == (15, 20, None)
     cfg = load_config(TrainConfig, ["data.preset=med", "data.max_op=21", "data.tokenizer=gpt2",
                                     "data.context=1024", "model.block_size=1024"])

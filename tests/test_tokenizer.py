@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 
 from igsm.tokenizer import (
-    RETRY_PIECES,
+    _WORD_RE,
     GPT2_RANKS_FILE,
     GPT2_RANKS_SHA256,
+    RETRY_PIECES,
     WORD_SPECIALS,
     GPT2Tokenizer,
     WordTokenizer,
     build_tokenizer,
     tokenizer_from_dict,
-    _WORD_RE,
     world_texts,
 )
 from igsm.world import load_world, parse_world
@@ -99,7 +99,8 @@ def _texts(world, n: int, seed: int = 0) -> list[str]:
                 f"Define {param()} as {v}; so {v} = {n1}.",
                 f"Define {param()} as {v}; so {v} = {a} = {n1}.",
                 f"Define {param()} as {v}; so {v} = {a} {op} {b} = {n1} {op} {n2} = {n3}.",
-                f"Define {param()} as {v}; {t} = {a} - {b} = {n1} - {n2} = {n3}; so {v} = {n2} * {t} = {n2} * {n3} = {n1}.",
+                f"Define {param()} as {v}; {t} = {a} - {b} = {n1} - {n2} = {n3}; "
+                f"so {v} = {n2} * {t} = {n2} * {n3} = {n1}.",
             ]))
         return " ".join(sents)
 

@@ -356,6 +356,7 @@ def test_ddp_two_cpu_processes_shard_data_and_sync_metrics(repo_root, one_thread
                                                         out=str(tmp_path))))
     # 3 buckets x 3 batches of 4 prompts: 9 batches, so rank 0 decodes 5 and rank 1 decodes 4
     args = FAST + ["trainer.devices=2", "trainer.strategy=ddp", "trainer.max_steps=3", "trainer.checkpoint_every=3",
+                   "model.canon=AC",  # Canon weights are gradients DDP reduces like any other
                    "eval.n=12", "eval.batch_size=4", "eval.buckets=[2,3,4]", f"log_root={tmp_path / 'logs'}", "name=ddp"]
     r = subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, env=one_thread_env,
                        capture_output=True, text=True, timeout=600)
