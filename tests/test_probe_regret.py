@@ -147,3 +147,24 @@ def test_run_analysis_reports_regret():
     assert set(res["regret"]) >= {"not_ready_steps", "probe_flagged_not_ready", "rate_flagged_not_ready",
                                   "correct_steps", "probe_flagged_correct", "rate_flagged_correct"}
     analysis_scalars(res)  # no crash on None rates
+
+
+def test_probe_py_regret_end_to_end(tiny_train_run, tmp_path):
+    """probe.py with probe.tasks=[regret, can_next] and the analysis, on the shared tiny checkpoint."""
+    import json
+
+    import probe
+
+    _, ckpt = tiny_train_run
+    rc = probe.main([f"ckpt={ckpt}", f"log_root={tmp_path}", "name=r", "probe.tasks=[regret,can_next]",
+                     "probe.analysis=true", "analysis.n=3", "analysis.max_new_tokens=24", "trainer.max_steps=2",
+                     "probe.test_problems=4", "probe.batch_size=6", "probe.draws=4", "probe.positive_control=true",
+                     "probe.positive_steps=2", "trainer.enable_progress_bar=false", "trainer.devices=1",
+                     "trainer.strategy=auto"])
+    assert rc == 0
+    run = tmp_path / "r" / "version_0"
+    res = json.loads((run / "probe.json").read_text())
+    e = res["tasks"]["regret"]
+    assert 0 <= e["acc"] <= 1 and 0 <= e["random_init_acc"] <= 1 and 0 <= e["positive_acc"] <= 1
+    assert e["majority_acc"] == pytest.approx(0.5)
+    assert "regret" in json.loads((run / "analysis.json").read_text())
