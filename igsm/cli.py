@@ -71,6 +71,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
         overrides["op_sampling"] = a.op_sampling
     if a.world is not None:
         overrides["world"] = a.world
+    if a.retry_rate:
+        overrides["retry_rate"], overrides["retry_kind"] = a.retry_rate, a.retry_kind
     cfg = generator_preset(a.preset, **overrides)
     if a.world is not None:
         load_world(a.world)  # fail early with the file's own message
@@ -91,7 +93,9 @@ def cmd_generate(a: argparse.Namespace) -> int:
                 f.write("\n".join(lines) + "\n")
     op = a.op or ("train distribution" if cfg.op_sampling == "min2" else f"{cfg.op_sampling} on 1..{cfg.max_op}")
     status(f"wrote {a.n} {a.preset} problems (split={a.split}, op={op}, "
-           f"format={cfg.fmt}, reask={a.reask}, seed={a.seed}) to {_where(a.out)}")
+           f"format={cfg.fmt}, reask={a.reask}, seed={a.seed}"
+           + (f", retry_rate={cfg.retry_rate}, retry_kind={cfg.retry_kind}" if cfg.retry_rate else "")
+           + f") to {_where(a.out)}")
     return 0
 
 
@@ -254,6 +258,8 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
     world = load_world(a.world)
     total = correct = 0
+    regrets = [0, 0, 0]  # retractions (retry data), true and false regrets
+    with_retractions = 0
     out = _open_out(a.out) if a.out else None
     try:
         for n, obj in read_records(a.inp):
@@ -272,6 +278,10 @@ def cmd_verify(a: argparse.Namespace) -> int:
                 report = verify_text(obj["problem"], obj["solution"], answer, world)
             total += 1
             correct += bool(report.correct)
+            regrets[0] += report.retractions
+            regrets[1] += report.true_regrets
+            regrets[2] += report.false_regrets
+            with_retractions += report.retractions > 0
             if out:
                 rec = {"id": obj.get("id", n), **_report_fields(report)}
                 out.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -279,6 +289,9 @@ def cmd_verify(a: argparse.Namespace) -> int:
         if out:
             out.close()
     summary = f"{total} verified: {correct} correct, {total - correct} wrong"
+    if regrets[0]:  # retry data (igsm.retry)
+        summary += (f"; {regrets[0]} retractions in {with_retractions} solutions ({regrets[1]} not computable yet, "
+                    f"{regrets[2]} ready)")
     # The summary is the result, unless the per-line report already fills standard output.
     print(summary, file=sys.stderr if a.out == "-" else sys.stdout)
     return 0
@@ -287,7 +300,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
 def _report_fields(report) -> dict:
     d = report.to_dict()
     keys = ("correct", "answer_correct", "error", "first_wrong_param", "first_wrong_sentence",
-            "missing_params", "unnecessary_params", "message")
+            "missing_params", "unnecessary_params", "message", "retractions", "true_regrets", "false_regrets")
     return {k: d.get(k) for k in keys}
 
 
@@ -322,7 +335,7 @@ def cmd_stats(a: argparse.Namespace) -> int:
     from .tokenizer import build_tokenizer
 
     tok = build_tokenizer("gpt2")
-    ops, ips, sentences, lengths, answers = [], [], [], [], []
+    ops, ips, sentences, lengths, answers, retractions = [], [], [], [], [], []
     templates: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)  # op -> hash -> count
     buckets: dict[int, int] = {}  # template hash -> bucket
     for n, obj in read_records(a.inp):
@@ -331,7 +344,9 @@ def cmd_stats(a: argparse.Namespace) -> int:
             raise CLIError(f"{_where_in(a.inp)} line {n}: fields 'problem' and 'solution' must be strings")
         statements = problem.count(". ") + problem.endswith(".")  # sentences end with "."
         ips.append(int(obj["ip"]) if isinstance(obj.get("ip"), int) else statements)
-        sol_sentences = solution.count("Define ")
+        n_back = solution.count(" as BACK.")  # retry data's retractions are not solution steps
+        retractions.append(n_back)
+        sol_sentences = solution.count("Define ") - n_back
         sentences.append(sol_sentences)
         ops.append(int(obj["op"]) if isinstance(obj.get("op"), int) else solution.count("="))
         if isinstance(obj.get("template_hash"), int) and isinstance(obj.get("bucket"), int):
@@ -346,6 +361,8 @@ def cmd_stats(a: argparse.Namespace) -> int:
     print(histogram("op", ops))
     print(histogram("ip (statement sentences)", ips))
     print(histogram("solution sentences", sentences))
+    if any(retractions):
+        print(histogram("retractions (Define A as BACK.)", retractions))
     print(histogram("GPT-2 tokens (full sequence)", lengths))
     print(histogram("answer", answers))
     if templates:
@@ -530,6 +547,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--world", default=None, help="world JSON file (default: the shipped world)")
     g.add_argument("--workers", type=int, default=1, help="processes (output is the same for any number)")
+    g.add_argument("--retry-rate", type=float, default=0.0,
+                   help="retry data (Part 2.2): before each solution sentence, with this probability (again and "
+                        "again), insert a wrong step 'Define A as BACK.' (default 0: off)")
+    g.add_argument("--retry-kind", choices=["retry", "retry_weak"], default="retry",
+                   help="retry: A is not computable yet; retry_weak: A is defined later in the solution")
     g.add_argument("--out", default="-",
                    help="JSONL file (default, or -: standard output), or FILE.parquet (extra [hf])")
     g.set_defaults(func=cmd_generate)

@@ -13,6 +13,7 @@ from typing import ClassVar, NamedTuple, Optional
 
 MAX_OP = 52  # solution steps each take one of the 52 ASCII letters
 OP_SAMPLING = ("min2", "uniform")  # GeneratorConfig.op_sampling
+RETRY_KINDS = ("retry", "retry_weak")  # igsm.retry
 
 
 class ConfigError(ValueError):
@@ -42,6 +43,10 @@ class GeneratorConfig:
     families: Optional[list[int]] = None  # restrict to these families of the world
     n_groups: Optional[int] = None  # use only the first n groups of each category
     group_size: Optional[int] = None  # use only the first n names of each group
+    # Retry data (Part 2.2, igsm.retry): before each solution sentence, with this probability (again
+    # and again: a geometric number), a wrong step "Define A as BACK." is inserted; 0 = off.
+    retry_rate: float = 0.0
+    retry_kind: str = "retry"  # "retry": A not computable yet; "retry_weak": A defined later in the solution
 
 
 GENERATOR_PRESETS: dict[str, GeneratorConfig] = {
@@ -101,6 +106,9 @@ def validate_generator(cfg: GeneratorConfig, prefix: str = "") -> None:
     _check(cfg.group_size is None or cfg.group_size >= cfg.max_width, k("group_size"), cfg.group_size,
            f"null or an integer >= max_width ({cfg.max_width})")
     _check(cfg.n_groups is None or cfg.n_groups >= 1, k("n_groups"), cfg.n_groups, "null or >= 1")
+    _check(isinstance(cfg.retry_rate, (int, float)) and 0.0 <= cfg.retry_rate < 1.0, k("retry_rate"),
+           cfg.retry_rate, "a float in [0, 1) (0 = no retries)")
+    _check(cfg.retry_kind in RETRY_KINDS, k("retry_kind"), cfg.retry_kind, f"one of {list(RETRY_KINDS)}")
 
 
 @dataclass
@@ -203,6 +211,7 @@ EVAL_BUCKETS: dict[str, list[str]] = {
 
 LOSS_ON = ("all", "solution")
 LETTER_LOSS = ("sampled", "uniform")
+RETRY_LOSS = ("full", "mask")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 # Single-file checkpoint strategies only (igsm.trainer saves checkpoints atomically itself);
 # the largest model of the paper (~300M parameters) fits on one GPU, so DDP is all we need.
@@ -234,6 +243,10 @@ class DataConfig(GeneratorConfig):
     # No loss on a problem whose beginning lies in an earlier window: the model cannot see its
     # statements, so its solution tokens are guesses (a quarter of them at context 256 in tiny).
     whole_problems_only: bool = False
+    # Retry data (data.retry_rate / data.retry_kind, igsm.retry): "full" trains on every token of a
+    # wrong step "Define A as BACK."; "mask" puts no loss on its "Define A as" (BACK keeps its loss).
+    # Part 2.2 finds masking unnecessary.
+    retry_loss: str = "full"
     num_workers: int = 4  # DataLoader worker processes generating problems (0 = in the main process)
     prefetch_batches: int = 4  # batches each worker keeps ready (DataLoader prefetch_factor)
 
@@ -424,6 +437,7 @@ def validate_data(cfg: DataConfig, prefix: str = "data.") -> None:
            cfg.global_batch_size, "null or an integer >= 1")
     _check(cfg.loss_on in LOSS_ON, prefix + "loss_on", cfg.loss_on, f"one of {list(LOSS_ON)}")
     _check(cfg.letter_loss in LETTER_LOSS, prefix + "letter_loss", cfg.letter_loss, f"one of {list(LETTER_LOSS)}")
+    _check(cfg.retry_loss in RETRY_LOSS, prefix + "retry_loss", cfg.retry_loss, f"one of {list(RETRY_LOSS)}")
     _check(cfg.num_workers >= 0, prefix + "num_workers", cfg.num_workers, "an integer >= 0")
     _check(cfg.prefetch_batches >= 1, prefix + "prefetch_batches", cfg.prefetch_batches, "an integer >= 1")
 
@@ -564,6 +578,7 @@ __all__ += [
 # =============================================================================================
 
 PROBE_TASKS = ("nece", "dep", "known", "value", "can_next", "nece_next")  # = probing.labels.TASKS
+PROBE_EXTRA_TASKS = ("regret",)  # Part 2.2's regret probe (probing.labels): on request, not by default
 PROBE_LAYERS = ("last", "all")
 PROBE_CONTROLS = ("none", "random_init", "both")
 PROBE_TEST_SPLITS = ("test", "train")
@@ -642,8 +657,9 @@ def validate_probe(cfg: ProbeConfig) -> None:
            "name", cfg.name, "null or a non-empty run name without spaces")
     _check(cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
     p = cfg.probe
-    _check(len(p.tasks) >= 1 and all(t in PROBE_TASKS for t in p.tasks) and len(set(p.tasks)) == len(p.tasks),
-           "probe.tasks", p.tasks, f"a non-empty list of distinct tasks from {list(PROBE_TASKS)}")
+    allowed = PROBE_TASKS + PROBE_EXTRA_TASKS
+    _check(len(p.tasks) >= 1 and all(t in allowed for t in p.tasks) and len(set(p.tasks)) == len(p.tasks),
+           "probe.tasks", p.tasks, f"a non-empty list of distinct tasks from {list(allowed)}")
     _check(p.layers in PROBE_LAYERS, "probe.layers", p.layers, f"one of {list(PROBE_LAYERS)}")
     _check(p.control in PROBE_CONTROLS, "probe.control", p.control, f"one of {list(PROBE_CONTROLS)}")
     _check(p.rank >= 1, "probe.rank", p.rank, "an integer >= 1")
@@ -676,5 +692,5 @@ def validate_probe(cfg: ProbeConfig) -> None:
            "trainer.precision", cfg.trainer.precision, "'32-true', 'bf16-mixed' or null on CPU")
 
 
-__all__ += ["PROBE_TASKS", "PROBE_LAYERS", "PROBE_CONTROLS", "PROBE_TEST_SPLITS", "ProbeOptions", "AnalysisConfig", "ProbeConfig",
+__all__ += ["PROBE_TASKS", "PROBE_EXTRA_TASKS", "PROBE_LAYERS", "PROBE_CONTROLS", "PROBE_TEST_SPLITS", "ProbeOptions", "AnalysisConfig", "ProbeConfig",
             "validate_probe"]

@@ -15,6 +15,7 @@ from .config import GeneratorConfig, validate_generator
 from .graph import reask, sample_dependencies, sample_structure
 from .problem import Problem
 from .render import render_problem, solution_template, template_hash
+from .retry import add_retries
 from .world import LAYERS_PER_FAMILY, World, load_world
 
 N_BUCKETS = 23
@@ -113,6 +114,8 @@ def generate_problem(cfg: GeneratorConfig, rng: random.Random, world: Optional[W
                 template_hash=thash,
             )
             render_problem(problem, rng)
+            if cfg.retry_rate > 0:  # own derived stream: the problem itself does not change
+                add_retries(problem, cfg.retry_rate, cfg.retry_kind, rng)
             return problem
     raise GenerationError(
         f"no problem with op={s} in split={cfg.split!r} found in {MAX_ATTEMPTS} attempts: either "

@@ -22,13 +22,17 @@ evaluation of the run, resumes included: the learning curve)::
 
     {"bucket": "op=20", "split": "test", "op": 20, "reask": false, "n": 4096,
      "accuracy": 0.91, "answer_accuracy": 0.93, "unnecessary_params_per_correct": 0.01,
-     "errors": {"wrong_arithmetic": 201, "not_ready": 168}, "step": 100000}
+     "errors": {"wrong_arithmetic": 201, "not_ready": 168}, "retractions_per_problem": 0.0,
+     "solutions_with_retractions": 0, "true_regrets": 0, "false_regrets": 0, "step": 100000}
 
 ``split`` is the template split the problems come from ("test" unless the bucket says
 ``:train``/``:any``); ``op`` is the forced op (an int) or ``"<=N"`` for a bucket drawn from the
 training distribution with max_op = N; for reask buckets ``op`` is the op before re-asking.
 ``unnecessary_params_per_correct`` is null when no solution was correct; ``errors`` counts the wrong
-solutions by the verifier's error kind (igsm.verify.ERROR_KINDS).
+solutions by the verifier's error kind (igsm.verify.ERROR_KINDS). The retraction counts are for
+models trained on retry data (igsm.retry): retractions ``Define A as BACK.`` per problem, how many
+solutions hold one, and how many retracted an A that was not computable yet (true regrets) or was
+ready (false regrets), as the verifier counts them.
 
 The checkpoint's hyper-parameters hold the resolved config and the tokenizer, so
 ``GPTLitModule.load_from_checkpoint(path)`` rebuilds model, tokenizer and evaluation sets.
@@ -107,6 +111,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+RETRY_COUNTS = ("retractions", "with_retractions", "true_regrets", "false_regrets")
+
+
 class EvalScores(Metric):
     """Counts of one evaluation bucket, summed over batches and ranks."""
 
@@ -114,23 +121,26 @@ class EvalScores(Metric):
 
     def __init__(self) -> None:
         super().__init__()
-        for name in ("n", "correct", "answer_correct", "unnecessary"):
+        for name in ("n", "correct", "answer_correct", "unnecessary", *RETRY_COUNTS):
             self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("errors", default=torch.zeros(len(ERROR_KINDS), dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, n: int, correct: int, answer_correct: int, unnecessary: int,
-               errors: Optional[list[str]] = None) -> None:
+               errors: Optional[list[str]] = None, retries: Optional[dict[str, int]] = None) -> None:
         """``unnecessary``: unnecessary parameters summed over the correct solutions; ``errors``:
-        the verifier's error kind of each wrong solution."""
+        the verifier's error kind of each wrong solution; ``retries``: sums of RETRY_COUNTS."""
         self.n += n
         self.correct += correct
         self.answer_correct += answer_correct
         self.unnecessary += unnecessary
         for kind in errors or ():
             self.errors[ERROR_KINDS.index(kind)] += 1
+        for k, v in (retries or {}).items():
+            setattr(self, k, getattr(self, k) + v)
 
     def compute(self) -> dict[str, Any]:
-        counts: dict[str, Any] = {k: int(getattr(self, k)) for k in ("n", "correct", "answer_correct", "unnecessary")}
+        counts: dict[str, Any] = {k: int(getattr(self, k))
+                                  for k in ("n", "correct", "answer_correct", "unnecessary", *RETRY_COUNTS)}
         counts["errors"] = {kind: int(c) for kind, c in zip(ERROR_KINDS, self.errors.tolist()) if c}
         return counts
 
@@ -148,6 +158,11 @@ def bucket_entry(spec: BucketSpec, counts: dict[str, int], step: int) -> dict:
         "answer_accuracy": counts["answer_correct"] / n if n else None,
         "unnecessary_params_per_correct": counts["unnecessary"] / correct if correct else None,
         "errors": counts.get("errors", {}),
+        # retractions "Define A as BACK." the model wrote (retry data, igsm.retry)
+        "retractions_per_problem": counts.get("retractions", 0) / n if n else None,
+        "solutions_with_retractions": counts.get("with_retractions", 0),
+        "true_regrets": counts.get("true_regrets", 0),
+        "false_regrets": counts.get("false_regrets", 0),
         "step": step,
     }
 
@@ -385,16 +400,21 @@ class GPTLitModule(L.LightningModule):
         generations = self.decode_fitting(batch.prompts)
         correct = answer_correct = unnecessary = 0
         examples, errors = [], []
+        retries = dict.fromkeys(RETRY_COUNTS, 0)
         for problem, generated in zip(batch.problems, generations):
             solution, answer = self.tokenizer.parse_generation(generated)
             report = verify_solution(problem, solution, answer)
+            retries["retractions"] += report.retractions
+            retries["with_retractions"] += report.retractions > 0
+            retries["true_regrets"] += report.true_regrets
+            retries["false_regrets"] += report.false_regrets
             correct += report.correct
             answer_correct += report.answer_correct
             unnecessary += len(report.unnecessary_params) if report.correct else 0
             if not report.correct:
                 errors.append(report.error)
             examples.append((problem, solution, answer, report))
-        self.eval_scores[batch.bucket].update(len(batch), correct, answer_correct, unnecessary, errors)
+        self.eval_scores[batch.bucket].update(len(batch), correct, answer_correct, unnecessary, errors, retries)
         self._log_examples(batch.bucket, examples)
 
     def on_validation_epoch_end(self) -> None:

@@ -14,6 +14,13 @@ verifier (:func:`igsm.verify.verify_solution`) grades every solution. Then:
     ``nece_next(A)``. When the truth is false, record how often the ``can_next`` / ``nece_next``
     probe also said false. The paper finds it rarely did: the model believed A was ready.
 
+(c) **Regret** (Part 2.2), when the ``regret`` probe was trained: on the model's own greedy
+    solutions, read the probe at "Define A as" of every step (the input it was trained on: the
+    solution so far, then ``Define A as``). Steps the verifier marks ``not_ready`` (the first wrong
+    sentence of a solution, when that is its error) are the model's real mistakes: how many does
+    the probe flag ("A is not computable yet")? Correct steps (every sentence before the first
+    error, all of a correct solution; retractions excluded): how many does it flag?
+
 Sets: ``analysis.n`` reask problems (op = ``analysis.reask_op``, template test split) for (a)
 and (b), and ``analysis.n`` test-split problems of the training distribution for (b).
 The output is a JSON-able dict (``analysis.json``) and TensorBoard scalars ``analysis/...``.
@@ -34,7 +41,7 @@ from igsm.faults import decode_in_chunks
 from igsm.generator import GenerationError, generate_problem, problem_rng, world_for
 from igsm.problem import Param, Problem
 from igsm.verify import verify_solution
-from probing.data import ProblemTokens, collate_pairs, query_ids, sentence_ids
+from probing.data import ProblemTokens, collate_pairs, query_ids, regret_ids, sentence_ids
 
 _DEFINE = re.compile(r"^Define (.+?) as [A-Za-z];")
 
@@ -87,6 +94,32 @@ def first_wrong_case(tokenizer, problem: Problem, solution: str, report) -> Opti
     truth["nece_next"] = int(truth["can_next"] and a in problem.necessary)
     prefix = tokenizer.encode_prompt(problem.problem_text) + [i for s in sentence_ids(tokenizer, sentences[:k]) for i in s]
     return query_ids(tokenizer, prefix, problem.param_name(a)), truth
+
+
+_STEP_NAME = re.compile(r"^Define (.+?) as [A-Za-z];")
+
+
+def regret_cases(tokenizer, problem: Problem, solution: str, report) -> list[tuple[list[int], int]]:
+    """The regret probe's inputs on one generated solution, ``(ids, mistake)``: at "Define A as"
+    of each correct step (``mistake`` 0: every sentence before the first error, retractions
+    excluded) and of the first wrong sentence when the verifier calls it ``not_ready`` (1)."""
+    sentences = split_sentences(solution)
+    k_err = report.first_wrong_sentence if not report.correct else None
+    end = len(sentences) if k_err is None else min(k_err, len(sentences))
+    prompt = tokenizer.encode_prompt(problem.problem_text)
+    parts = sentence_ids(tokenizer, sentences)
+    out: list[tuple[list[int], int]] = []
+    prefix = list(prompt)
+    for k in range(len(sentences)):
+        m = _STEP_NAME.match(sentences[k])
+        if k < end and m:
+            out.append((regret_ids(tokenizer, prefix, m.group(1), k == 0), 0))
+        elif k == k_err and report.error == "not_ready" and report.first_wrong_param:
+            out.append((regret_ids(tokenizer, prefix, report.first_wrong_param, k == 0), 1))
+        if k >= end:
+            break
+        prefix += parts[k]
+    return out
 
 
 class _Prober:
@@ -166,6 +199,7 @@ def run_analysis(module, tokenizer, gen_cfg: GeneratorConfig, cfg: AnalysisConfi
     b_stats = {t: {"truth_false": 0, "probe_false": 0, "truth_true": 0, "probe_true": 0} for t in ("can_next", "nece_next")}
     b_cases = b_skipped = 0
     errors: dict[str, int] = {}
+    regret = {"not_ready_steps": 0, "probe_flagged_not_ready": 0, "correct_steps": 0, "probe_flagged_correct": 0}
     chunk = cfg.batch_size  # prompts decoded at once; halved for good on out of memory
 
     for kind in ("reask", "test"):
@@ -178,11 +212,14 @@ def run_analysis(module, tokenizer, gen_cfg: GeneratorConfig, cfg: AnalysisConfi
                 1, min(cfg.max_new_tokens, block - max(map(len, prompts), default=0))))
         n_correct = n_unnec = 0
         nece_queries: list[tuple[list[int], bool]] = []  # (ids, computed by a correct solution)
+        regret_queries: list[tuple[list[int], int]] = []  # (ids, 1 = a not_ready step, 0 = a correct one)
         next_queries: list[tuple[list[int], str, int]] = []  # (ids, task, truth)
         for problem, gen in zip(problems, gens):
             solution, answer = tok.parse_generation(gen)
             report = verify_solution(problem, solution, answer)
             names = {problem.param_name(p): p for p in problem.equations}
+            if "regret" in tasks:
+                regret_queries += [c for c in regret_cases(tok, problem, solution, report) if len(c[0]) <= block]
             if report.correct:
                 n_correct += 1
                 n_unnec += len(report.unnecessary_params)
@@ -218,6 +255,10 @@ def run_analysis(module, tokenizer, gen_cfg: GeneratorConfig, cfg: AnalysisConfi
             else:
                 a_other_total += 1
                 a_other_called += pred == 1
+        for (_, mistake), pred in zip(regret_queries, prober("regret", [ids for ids, _ in regret_queries])):
+            key = "not_ready" if mistake else "correct"
+            regret[f"{key}_steps"] += 1
+            regret[f"probe_flagged_{key}"] += int(pred == 1)
         for t in ("can_next", "nece_next"):
             qs = [(ids, truth) for ids, task, truth in next_queries if task == t]
             for (_, truth), pred in zip(qs, prober(t, [ids for ids, _ in qs])):
@@ -240,6 +281,10 @@ def run_analysis(module, tokenizer, gen_cfg: GeneratorConfig, cfg: AnalysisConfi
             "truth_true": s["truth_true"], "probe_also_true": s["probe_true"],
             "rate_probe_also_true": _rate(s["probe_true"], s["truth_true"]),
         }
+    if "regret" in tasks:
+        out["regret"] = {**regret,
+                         "rate_flagged_not_ready": _rate(regret["probe_flagged_not_ready"], regret["not_ready_steps"]),
+                         "rate_flagged_correct": _rate(regret["probe_flagged_correct"], regret["correct_steps"])}
     return out
 
 
@@ -255,7 +300,11 @@ def analysis_scalars(result: dict) -> dict[str, float]:
     for t in ("can_next", "nece_next"):
         f = result["first_wrong"][t]
         s[f"analysis/first_wrong/{t}_false/probe_also_false"] = f["rate_probe_also_false"]
+    if "regret" in result:
+        s["analysis/regret/flagged_not_ready"] = result["regret"]["rate_flagged_not_ready"]
+        s["analysis/regret/flagged_correct"] = result["regret"]["rate_flagged_correct"]
     return {k: float(v) for k, v in s.items() if v is not None}
 
 
-__all__ = ["run_analysis", "analysis_scalars", "analysis_problems", "split_sentences", "first_wrong_case"]
+__all__ = ["run_analysis", "analysis_scalars", "analysis_problems", "split_sentences", "first_wrong_case",
+           "regret_cases"]
