@@ -26,6 +26,7 @@ from typing import Optional
 
 from igsm.cli_config import config_to_dict, config_to_yaml, load_config, presets_help
 from igsm.config import ConfigError, ProbeConfig
+from igsm.orphans import exit_with_launcher
 
 
 def find_checkpoint(cfg: ProbeConfig) -> str:
@@ -151,6 +152,7 @@ def build_controls(cfg: ProbeConfig, backbone, gen_cfg, datamodule) -> tuple[Opt
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    exit_with_launcher()  # a DDP rank started by this process must not outlive it (igsm/orphans.py)
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)

@@ -26,6 +26,7 @@ from typing import Iterable, Optional
 
 from igsm.cli_config import config_to_dict, config_to_yaml, load_config, presets_help
 from igsm.config import ConfigError, TrainConfig, accumulation
+from igsm.orphans import exit_with_launcher
 
 # CPU: idle OpenMP threads sleep instead of spinning (spinning threads that share 2 cores with a
 # data worker or another job slow training many times over). Before torch loads; the environment wins.
@@ -114,6 +115,7 @@ def summary_lines(entries: list[dict]) -> list[str]:
 
 
 def main(argv: Optional[list[str]] = None, extra_callbacks: Iterable = ()) -> int:
+    exit_with_launcher()  # a DDP rank started by this process must not outlive it (igsm/orphans.py)
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
