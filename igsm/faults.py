@@ -141,6 +141,9 @@ class GracefulStop(Callback):
             if not (self.eval_every and trainer.global_step % self.eval_every == 0):
                 # Lightning evaluates when a run stops early; a preempted run has no time for that.
                 trainer.fit_loop.epoch_loop._skip_next_val = True
+                save = getattr(trainer.checkpoint_callback, "save_on_stop", None)  # igsm.trainer.RunCheckpoint
+                if save is not None:
+                    save(trainer)
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:

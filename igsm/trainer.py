@@ -98,6 +98,18 @@ class RunCheckpoint(ModelCheckpoint):
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
+    def save_on_stop(self, trainer: L.Trainer) -> None:
+        """Write last.ckpt now, at the end of the step a stop signal ends the run with
+        (igsm.faults.GracefulStop), unless this callback saves at this step anyway (it runs after
+        GracefulStop: Lightning puts checkpoint callbacks last). Saved here, the loop state is that
+        of a periodic checkpoint; saved when training ends, it says "epoch finished", and a resumed
+        probe run (whose data has a length) would count an epoch too many."""
+        step = trainer.global_step
+        if (self._every_n_train_steps >= 1 and step % self._every_n_train_steps == 0) \
+                or self._should_skip_saving_checkpoint(trainer):
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         for logger in trainer.loggers:
             experiment = getattr(logger, "experiment", None)
