@@ -155,6 +155,7 @@ def build_trainer(
     extra_info: Optional[dict] = None,
     extra_callbacks: Iterable[Callback] = (),
     purge_step: Optional[int] = None,
+    keep_periodic: bool = True,
     **trainer_kwargs: Any,
 ) -> L.Trainer:
     """The Lightning Trainer of a run.
@@ -163,6 +164,8 @@ def build_trainer(
     ``config_yaml``: the resolved config, written to ``config.yaml`` by rank 0.
     ``purge_step``: TensorBoard hides the events of this folder logged at that step or later (a
     resumed run logs them again).
+    ``keep_periodic``: keep every ``step_<N>.ckpt`` (False: only ``last.ckpt`` is written, refreshed
+    every ``checkpoint_every`` steps; probe.py, whose checkpoints only serve to resume).
     ``trainer_kwargs`` go to ``L.Trainer`` last (probe.py sets e.g. ``max_epochs`` there).
     """
     tb_kwargs = {} if purge_step is None else {"purge_step": purge_step}
@@ -171,7 +174,7 @@ def build_trainer(
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     callbacks: list[Callback] = [
         RunCheckpoint(filename="step_{step:07d}", auto_insert_metric_name=False,
-                      every_n_train_steps=cfg.checkpoint_every, save_top_k=-1, save_last=True,
+                      every_n_train_steps=cfg.checkpoint_every, save_top_k=-1 if keep_periodic else 0, save_last=True,
                       eval_every=cfg.eval_every),
         LearningRateMonitor(logging_interval="step"),
     ]
