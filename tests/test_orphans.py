@@ -111,13 +111,22 @@ DDP = FAST + ["trainer.devices=2", "trainer.strategy=ddp", "trainer.max_steps=10
               "eval.final=false", "trainer.eval_every=null"]
 
 
+PROBE = ["probe.tasks=[nece]", "probe.test_problems=4", "probe.batch_size=6", "probe.draws=3", "trainer.max_steps=1000",
+         "trainer.checkpoint_every=1", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
+         "trainer.devices=2", "trainer.strategy=ddp"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("moment", ["start-up", "training"])
-def test_killing_the_launcher_of_a_ddp_train_run_ends_every_rank(moment, repo_root, env, tmp_path) -> None:
-    """SIGKILL of ``python train.py`` (rank 0) as soon as rank 1 exists, or once training has saved
-    a checkpoint: 30 s later no process of the run is left."""
-    args = DDP + [f"log_root={tmp_path}", "name=run"]
-    proc = subprocess.Popen([sys.executable, str(repo_root / "train.py"), *args], env=env, start_new_session=True,
+@pytest.mark.parametrize("script,moment", [("train.py", "start-up"), ("train.py", "training"), ("probe.py", "start-up")])
+def test_killing_the_launcher_of_a_ddp_run_ends_every_rank(script, moment, repo_root, env, tmp_path, request) -> None:
+    """SIGKILL of ``python train.py`` / ``python probe.py`` (rank 0) as soon as rank 1 exists, or
+    once training has saved a checkpoint: 30 s later no process of the run is left."""
+    if script == "train.py":
+        args = DDP
+    else:
+        args = PROBE + [f"ckpt={request.getfixturevalue('tiny_train_run')[1]}"]
+    args = args + [f"log_root={tmp_path}", "name=run"]
+    proc = subprocess.Popen([sys.executable, str(repo_root / script), *args], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         if moment == "start-up":
