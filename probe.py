@@ -70,6 +70,13 @@ def find_checkpoint(cfg: ProbeConfig) -> str:
                       "(see the warnings above; pass ckpt=PATH)")
 
 
+# Keys that may change between a probe run and its resumption without changing what it computes
+# (trainer.max_steps sizes the training set and the schedule: not one of them).
+RESUME_MAY_CHANGE = {"ckpt_path", "ckpt", "config", "print_config", "log_root", "trainer.checkpoint_every",
+                     "trainer.log_every_n_steps", "trainer.enable_progress_bar", "probe.num_workers", "probe.analysis",
+                     "analysis.n", "analysis.reask_op", "analysis.batch_size", "analysis.max_new_tokens"}
+
+
 def find_probe_resume(cfg: ProbeConfig, ckpt: str) -> tuple[Optional[str], Optional[int], str]:
     """(probe checkpoint, version folder to reuse, backbone) for ``ckpt_path`` (None: no resume).
 
@@ -83,7 +90,12 @@ def find_probe_resume(cfg: ProbeConfig, ckpt: str) -> tuple[Optional[str], Optio
 
     name = cfg.name or f"{backbone_run_name(ckpt)}_probe"
     path, version = find_resume_checkpoint(cfg.ckpt_path, Path(cfg.log_root) / name, probe=True)
-    saved = read_checkpoint(path, probe=True).get("backbone_ckpt")
+    checkpoint = read_checkpoint(path, probe=True)
+    if checkpoint.get("probe_config") is not None:
+        from igsm.faults import warn_changed_settings
+
+        warn_changed_settings(config_to_dict(cfg), checkpoint["probe_config"], RESUME_MAY_CHANGE)
+    saved = checkpoint.get("backbone_ckpt")
     if saved and saved != ckpt:
         if cfg.ckpt is None and Path(saved).exists():
             ckpt = saved  # the newest last.ckpt may be a later training run's
@@ -253,6 +265,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     v_init_std=p.v_init_std, seed=cfg.seed, checkpoint_activations=p.checkpoint_activations,
                     length_chunks=length_chunks, positive=positive)
     module.backbone_ckpt = ckpt
+    module.probe_config = config_to_dict(cfg)  # saved in its checkpoints: a resume names changed settings
     resumed_step = read_checkpoint(resume_file, probe=True)["global_step"] if resume_file is not None else None
     stopper = GracefulStop()
     trainer = build_trainer(

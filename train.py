@@ -50,19 +50,9 @@ def find_resume(cfg: TrainConfig) -> tuple[Optional[str], Optional[int]]:
 
 def warn_config_changes(cfg: TrainConfig, saved: dict) -> None:
     """Say which keys differ from the run that wrote the checkpoint ``saved`` (except harmless ones)."""
-    old = _flat(saved.get("hyper_parameters", {}).get("config", {}))
-    new = _flat(config_to_dict(cfg))
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE)
-    if changed:
-        print("warning: resuming with settings that differ from the checkpoint's run: "
-              + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed), file=sys.stderr)
+    from igsm.faults import warn_changed_settings
 
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-    return out
+    warn_changed_settings(config_to_dict(cfg), saved.get("hyper_parameters", {}).get("config", {}), RESUME_MAY_CHANGE)
 
 
 def summary_lines(entries: list[dict]) -> list[str]:

@@ -137,6 +137,23 @@ def version_folders(run_root: Path) -> list[tuple[int, Path]]:
     return [(int(m.group(1)), d) for d in run_root.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", d.name))]
 
 
+def warn_changed_settings(new: dict, old: dict, may_change: set[str]) -> None:
+    """Say which keys of the resolved config ``new`` differ from ``old`` (the config of the run that
+    wrote the checkpoint being resumed), except those in ``may_change``."""
+    old, new = _flat(old or {}), _flat(new)
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in may_change)
+    if changed:
+        print("warning: resuming with settings that differ from the checkpoint's run: "
+              + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed), file=sys.stderr)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
 def resume_args(argv: list[str], *extra: str) -> list[str]:
     """The command line that continues a run: the same arguments with ckpt_path=last (and ``extra``)."""
     return [a for a in argv if not a.startswith("ckpt_path=")] + [*extra, "ckpt_path=last"]
@@ -274,4 +291,4 @@ def decode_in_chunks(decode: Callable[[list], list], prompts: list, chunk: int,
     return out, chunk
 
 
-__all__ = ["CheckpointError", "read_checkpoint", "find_resume_checkpoint", "version_folders", "resume_args", "GracefulStop", "hang", "NonFiniteError", "decode_in_chunks"]
+__all__ = ["CheckpointError", "read_checkpoint", "find_resume_checkpoint", "version_folders", "resume_args", "warn_changed_settings", "GracefulStop", "hang", "NonFiniteError", "decode_in_chunks"]

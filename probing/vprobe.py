@@ -381,6 +381,7 @@ class VProbe(pl.LightningModule):
         for k in [k for k in state if k.startswith(("backbones.", "positive."))]:
             del state[k]
         checkpoint["backbone_ckpt"] = getattr(self, "backbone_ckpt", None)
+        checkpoint["probe_config"] = getattr(self, "probe_config", None)  # probe.py's resolved config
         with warnings.catch_warnings():  # a rank that has seen no label yet: its counts are zero
             warnings.filterwarnings("ignore", message=r".*compute.*before.*update")
             checkpoint["train_counts"] = {t: self.train_counts[t].compute().detach().cpu().clone() for t in self.tasks}

@@ -18,6 +18,8 @@ import pytest
 import torch
 
 import probe
+from igsm.cli_config import load_config
+from igsm.config import ProbeConfig
 from igsm.faults import read_checkpoint
 from probing.data import ResumeSampler
 from test_faults import damaged_copies, kill_leftovers, scalars, start, stderr_of, wait_for  # noqa: F401
@@ -129,3 +131,13 @@ def test_a_run_killed_after_training_only_tests_again(straight, tmp_path) -> Non
     run = tmp_path / "p" / "version_0"
     assert read_checkpoint(run / "checkpoints" / "last.ckpt", probe=True)["global_step"] == STEPS
     assert comparable(run) == comparable(ref)
+
+
+def test_resuming_with_other_settings_names_them(straight, capsys) -> None:
+    ref, args = straight
+    log_root = f"log_root={ref.parent.parent}"
+    cfg = load_config(ProbeConfig, args + [log_root, "ckpt_path=last", "probe.lr=0.5", "trainer.log_every_n_steps=5"])
+    assert probe.find_probe_resume(cfg, cfg.ckpt) == (str(ref / "checkpoints" / "last.ckpt"), 0, cfg.ckpt)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: resuming with settings that differ") and "probe.lr" in err[0]
+    assert "log_every_n_steps" not in err[0]  # harmless
