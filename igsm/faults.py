@@ -80,7 +80,8 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path", *, resume: bool = 
     hparams = ckpt.get("hyper_parameters") or {}
     if probe:
         if "tasks" not in hparams:
-            what = "a train.py checkpoint" if {"config", "tokenizer"} <= set(hparams) else "a Lightning checkpoint of another model"
+            trained = {"config", "tokenizer"} <= set(hparams)
+            what = "a train.py checkpoint" if trained else "a Lightning checkpoint of another model"
             raise CheckpointError(f"{where}: {what}, not one written by probe.py (no probe tasks in its hyper-parameters)")
     elif not {"config", "tokenizer"} <= set(hparams):
         what = "a probe run's checkpoint" if "tasks" in hparams else "a Lightning checkpoint of another model"
@@ -291,4 +292,5 @@ def decode_in_chunks(decode: Callable[[list], list], prompts: list, chunk: int,
     return out, chunk
 
 
-__all__ = ["CheckpointError", "read_checkpoint", "find_resume_checkpoint", "version_folders", "resume_args", "warn_changed_settings", "GracefulStop", "hang", "NonFiniteError", "decode_in_chunks"]
+__all__ = ["CheckpointError", "read_checkpoint", "find_resume_checkpoint", "version_folders", "resume_args",
+           "warn_changed_settings", "GracefulStop", "hang", "NonFiniteError", "decode_in_chunks"]
