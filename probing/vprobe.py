@@ -37,7 +37,6 @@ per task; its test accuracy is logged next to the probes'.
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 from typing import Any, NamedTuple, Optional, Sequence
 
@@ -382,9 +381,12 @@ class VProbe(pl.LightningModule):
             del state[k]
         checkpoint["backbone_ckpt"] = getattr(self, "backbone_ckpt", None)
         checkpoint["probe_config"] = getattr(self, "probe_config", None)  # probe.py's resolved config
-        with warnings.catch_warnings():  # a rank that has seen no label yet: its counts are zero
-            warnings.filterwarnings("ignore", message=r".*compute.*before.*update")
-            checkpoint["train_counts"] = {t: self.train_counts[t].compute().detach().cpu().clone() for t in self.tasks}
+        # An all-reduce of our own, not compute(): compute() returns a cached value on a rank that
+        # has had no label since its last call, and that rank would then skip the collective.
+        counts = {t: self.train_counts[t].counts.detach().clone() for t in self.tasks}
+        if self._trainer is not None and self.trainer.world_size > 1:
+            counts = {t: self.trainer.strategy.reduce(c, reduce_op="sum") for t, c in counts.items()}
+        checkpoint["train_counts"] = {t: c.cpu() for t, c in counts.items()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Resuming (probe.py ``ckpt_path``): the frozen backbones are this module's own (loaded from
