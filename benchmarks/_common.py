@@ -7,7 +7,8 @@ import argparse
 import torch
 
 
-def device_and_defaults(args: argparse.Namespace, gpu_defaults: dict, cpu_defaults: dict) -> tuple[torch.device, list[str]]:
+def device_and_defaults(args: argparse.Namespace, gpu_defaults: dict,
+                        cpu_defaults: dict) -> tuple[torch.device, list[str]]:
     """The requested device (``auto``: CUDA if available), with every size the user left unset
     filled from the GPU or CPU defaults; returns the device and the names shrunk for the CPU."""
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()

@@ -40,7 +40,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--n-layer", type=int, help="layers (GPU default 12, CPU 2)")
     p.add_argument("--n-head", type=int, help="heads; hidden size is 64 * heads (GPU default 12, CPU 2)")
     p.add_argument("--batch", type=int, help="prompts decoded together (GPU default 256, CPU 8)")
-    p.add_argument("--prompt-len", help="tokens per prompt, N or MIN-MAX (uniform per prompt; GPU default 170-620, CPU 32)")
+    p.add_argument("--prompt-len",
+                   help="tokens per prompt, N or MIN-MAX (uniform per prompt; GPU default 170-620, CPU 32)")
     p.add_argument("--new-tokens", type=int, help="tokens generated per prompt (GPU default 1024, CPU 32)")
     p.add_argument("--vocab", type=int, help="vocabulary size (GPU default 50260, the GPT-2 tokenizer's; CPU 2048)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cpu")

@@ -34,9 +34,9 @@ def throughput(preset: str, n: int, tokenizer) -> float:
 
 
 def check(preset: str, n: int) -> None:
+    from igsm.generator import world_for
     from igsm.parse import verify_text
     from igsm.verify import verify_solution
-    from igsm.generator import world_for
 
     cfg = generator_preset(preset)
     world = world_for(cfg)

@@ -2,7 +2,7 @@
 to the rank-8 embedding delta, AdamW on the probe) on real probe batches, plus how fast the data
 side builds those batches (so one can tell whether loader workers keep up).
 
-    python benchmarks/probe_throughput.py                    # GPT2-12-12, med problems, GPT-2 tokens, batch 256, bf16 on CUDA
+    python benchmarks/probe_throughput.py          # GPT2-12-12, med problems, GPT-2 tokens, batch 256, bf16 on CUDA
     python benchmarks/probe_throughput.py --task dep --checkpoint-activations
 
 On CPU, sizes not given on the command line shrink to the default CPU setting (the tiny
@@ -23,6 +23,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as probe.py: no spinning OpenMP threads on shared cores
 import torch  # noqa: E402
+
 from _common import device_and_defaults  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
@@ -31,9 +32,9 @@ from igsm.config import ModelConfig, generator_preset  # noqa: E402
 from igsm.generator import world_for  # noqa: E402
 from igsm.model import GPT  # noqa: E402
 from igsm.tokenizer import build_tokenizer  # noqa: E402
-from probing.data import ProbeDataset, PairCollate  # noqa: E402
-from probing.vprobe import VProbe  # noqa: E402
 from probe import GPU_LENGTH_CHUNKS  # noqa: E402  (probe.length_chunks=null on a GPU)
+from probing.data import PairCollate, ProbeDataset  # noqa: E402
+from probing.vprobe import VProbe  # noqa: E402
 
 GPU_DEFAULTS = dict(n_layer=12, n_head=12, n_embd=768, batch=256, preset="med", tokenizer="gpt2", steps=20,
                     length_chunks=GPU_LENGTH_CHUNKS)
@@ -52,7 +53,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="timed steps after two warm-up steps (GPU default 20, CPU 10)")
     p.add_argument("--task", default="can_next", help="probe task (default can_next: solution prefixes)")
     p.add_argument("--checkpoint-activations", action="store_true", help="recompute the backbone in the backward")
-    p.add_argument("--length-chunks", type=int, help="length-sorted chunks per batch (default as probe.py: GPU 4, CPU 1)")
+    p.add_argument("--length-chunks", type=int,
+                   help="length-sorted chunks per batch (default as probe.py: GPU 4, CPU 1)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cpu")
     return p.parse_args()
 
@@ -80,7 +82,8 @@ def main() -> None:
     n_data_pairs = sum(len(b["label"]) for b in batches)
 
     torch.manual_seed(0)
-    gpt = GPT(ModelConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=2048), tok.vocab_size)
+    gpt = GPT(ModelConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=2048),
+              tok.vocab_size)
     module = VProbe(gpt, [args.task], control="none", checkpoint_activations=args.checkpoint_activations,
                     length_chunks=args.length_chunks).to(device)
     module.train()
@@ -117,7 +120,8 @@ def main() -> None:
           f"mean input {mean_len:.0f} tokens, device {device.type}"
           + (", activation checkpointing" if args.checkpoint_activations else "")
           + (f", {args.length_chunks} length chunks" if args.length_chunks > 1 else ""))
-    print(f"probe training: {pairs / dt:,.0f} pairs/s ({tokens / dt:,.0f} tokens/s, {1000 * dt / args.steps:.1f} ms/step)")
+    print(f"probe training: {pairs / dt:,.0f} pairs/s ({tokens / dt:,.0f} tokens/s, "
+          f"{1000 * dt / args.steps:.1f} ms/step)")
     print(f"probe data (one process): {n_data_pairs / data_s:,.0f} pairs/s")
 
 

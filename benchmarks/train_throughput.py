@@ -137,11 +137,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30, help="timed optimizer steps")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 10 GPU, 3 CPU)")
     p.add_argument("--preset", default="med", help="GPU: the train.py preset measured (default med)")
-    p.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: the preset's on GPU, 4 CPU)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="sequences per step (default: the preset's on GPU, 4 CPU)")
     p.add_argument("--no-compile", action="store_true", help="GPU: eager even if the preset compiles")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers for run (3) (default: the preset's)")
     p.add_argument("--data-batches", type=int, default=None, help="batches for the data pipeline rate")
-    p.add_argument("--repeats", type=int, default=None, help="interleaved repetitions, best kept (default: 1 GPU, 2 CPU)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="interleaved repetitions, best kept (default: 1 GPU, 2 CPU)")
     args = p.parse_args()
 
     on_gpu = torch.cuda.is_available()

@@ -18,10 +18,10 @@ import json
 import os
 import statistics
 import sys
-from dataclasses import replace
-from typing import Iterable, Iterator, Optional
+from collections.abc import Iterable, Iterator
+from typing import Optional
 
-from .config import GENERATOR_PRESETS, ConfigError, GeneratorConfig, generator_preset
+from .config import GENERATOR_PRESETS, OP_SAMPLING, ConfigError, GeneratorConfig, generator_preset
 from .generator import GenerationError, generate_problem, problem_rng
 from .problem import Problem
 from .world import WorldError, load_world
@@ -67,8 +67,12 @@ def cmd_generate(a: argparse.Namespace) -> int:
         overrides["fmt"] = a.format
     if a.op is not None:
         overrides["op"] = a.op
+    if a.op_sampling is not None:
+        overrides["op_sampling"] = a.op_sampling
     if a.world is not None:
         overrides["world"] = a.world
+    if a.retry_rate:
+        overrides["retry_rate"], overrides["retry_kind"] = a.retry_rate, a.retry_kind
     cfg = generator_preset(a.preset, **overrides)
     if a.world is not None:
         load_world(a.world)  # fail early with the file's own message
@@ -87,8 +91,11 @@ def cmd_generate(a: argparse.Namespace) -> int:
             for job in jobs:
                 lines = _generate_chunk(job)
                 f.write("\n".join(lines) + "\n")
-    status(f"wrote {a.n} {a.preset} problems (split={a.split}, op={a.op or 'train distribution'}, "
-           f"format={cfg.fmt}, reask={a.reask}, seed={a.seed}) to {_where(a.out)}")
+    op = a.op or ("train distribution" if cfg.op_sampling == "min2" else f"{cfg.op_sampling} on 1..{cfg.max_op}")
+    status(f"wrote {a.n} {a.preset} problems (split={a.split}, op={op}, "
+           f"format={cfg.fmt}, reask={a.reask}, seed={a.seed}"
+           + (f", retry_rate={cfg.retry_rate}, retry_kind={cfg.retry_kind}" if cfg.retry_rate else "")
+           + f") to {_where(a.out)}")
     return 0
 
 
@@ -114,7 +121,7 @@ class _StandardOutput:
     def close(self) -> None:
         sys.stdout.flush()
 
-    def __enter__(self) -> "_StandardOutput":
+    def __enter__(self) -> _StandardOutput:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -178,12 +185,13 @@ class ParquetRecordWriter:
         if self.schema is None:
             pa = self.pa
             self.schema = pa.schema([
-                (k, pa.type_for_alias(PARQUET_TYPES[k]) if k in PARQUET_TYPES else pa.array([r.get(k) for r in records]).type)
+                (k, pa.type_for_alias(PARQUET_TYPES[k]) if k in PARQUET_TYPES
+                 else pa.array([r.get(k) for r in records]).type)
                 for k in records[0]])
             self.writer = self.pa.parquet.ParquetWriter(self.path, self.schema)
         self.writer.write_table(self.pa.Table.from_pylist(records, schema=self.schema))
 
-    def __enter__(self) -> "ParquetRecordWriter":
+    def __enter__(self) -> ParquetRecordWriter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -250,6 +258,8 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
     world = load_world(a.world)
     total = correct = 0
+    regrets = [0, 0, 0]  # retractions (retry data), true and false regrets
+    with_retractions = 0
     out = _open_out(a.out) if a.out else None
     try:
         for n, obj in read_records(a.inp):
@@ -268,6 +278,10 @@ def cmd_verify(a: argparse.Namespace) -> int:
                 report = verify_text(obj["problem"], obj["solution"], answer, world)
             total += 1
             correct += bool(report.correct)
+            regrets[0] += report.retractions
+            regrets[1] += report.true_regrets
+            regrets[2] += report.false_regrets
+            with_retractions += report.retractions > 0
             if out:
                 rec = {"id": obj.get("id", n), **_report_fields(report)}
                 out.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -275,6 +289,9 @@ def cmd_verify(a: argparse.Namespace) -> int:
         if out:
             out.close()
     summary = f"{total} verified: {correct} correct, {total - correct} wrong"
+    if regrets[0]:  # retry data (igsm.retry)
+        summary += (f"; {regrets[0]} retractions in {with_retractions} solutions ({regrets[1]} not computable yet, "
+                    f"{regrets[2]} ready)")
     # The summary is the result, unless the per-line report already fills standard output.
     print(summary, file=sys.stderr if a.out == "-" else sys.stdout)
     return 0
@@ -283,7 +300,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
 def _report_fields(report) -> dict:
     d = report.to_dict()
     keys = ("correct", "answer_correct", "error", "first_wrong_param", "first_wrong_sentence",
-            "missing_params", "unnecessary_params", "message")
+            "missing_params", "unnecessary_params", "message", "retractions", "true_regrets", "false_regrets")
     return {k: d.get(k) for k in keys}
 
 
@@ -318,7 +335,7 @@ def cmd_stats(a: argparse.Namespace) -> int:
     from .tokenizer import build_tokenizer
 
     tok = build_tokenizer("gpt2")
-    ops, ips, sentences, lengths, answers = [], [], [], [], []
+    ops, ips, sentences, lengths, answers, retractions = [], [], [], [], [], []
     templates: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)  # op -> hash -> count
     buckets: dict[int, int] = {}  # template hash -> bucket
     for n, obj in read_records(a.inp):
@@ -327,7 +344,9 @@ def cmd_stats(a: argparse.Namespace) -> int:
             raise CLIError(f"{_where_in(a.inp)} line {n}: fields 'problem' and 'solution' must be strings")
         statements = problem.count(". ") + problem.endswith(".")  # sentences end with "."
         ips.append(int(obj["ip"]) if isinstance(obj.get("ip"), int) else statements)
-        sol_sentences = solution.count("Define ")
+        n_back = solution.count(" as BACK.")  # retry data's retractions are not solution steps
+        retractions.append(n_back)
+        sol_sentences = solution.count("Define ") - n_back
         sentences.append(sol_sentences)
         ops.append(int(obj["op"]) if isinstance(obj.get("op"), int) else solution.count("="))
         if isinstance(obj.get("template_hash"), int) and isinstance(obj.get("bucket"), int):
@@ -342,6 +361,8 @@ def cmd_stats(a: argparse.Namespace) -> int:
     print(histogram("op", ops))
     print(histogram("ip (statement sentences)", ips))
     print(histogram("solution sentences", sentences))
+    if any(retractions):
+        print(histogram("retractions (Define A as BACK.)", retractions))
     print(histogram("GPT-2 tokens (full sequence)", lengths))
     print(histogram("answer", answers))
     if templates:
@@ -361,7 +382,8 @@ def template_table(templates: dict[int, collections.Counter], buckets: dict[int,
         counts = templates[op]
         test = [h for h in counts if buckets[h] >= boundary]
         test_share = sum(counts[h] for h in test) / sum(counts.values())
-        lines.append(f"  {op:>4} {sum(counts.values()):>9} {len(counts):>10} {len(test):>15} {100 * test_share:>13.1f}%")
+        lines.append(f"  {op:>4} {sum(counts.values()):>9} {len(counts):>10} {len(test):>15} "
+                     f"{100 * test_share:>13.1f}%")
     return "\n".join(lines)
 
 
@@ -501,7 +523,8 @@ def cmd_export(a: argparse.Namespace) -> int:
         out = hf.export_checkpoint(a.ckpt, a.out)
     except hf.InteropError as e:
         raise CLIError(str(e)) from None
-    print(f"wrote {out} (load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}, local_files_only=True))")
+    print(f"wrote {out} (load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}, "
+          "local_files_only=True))")
     return 0
 
 
@@ -512,15 +535,25 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="export problems as JSONL")
     g.add_argument("--preset", choices=sorted(GENERATOR_PRESETS), default="med")
     g.add_argument("--split", choices=["train", "test", "any"], default="train",
-                   help="template split (spec 8): train or test buckets, or any (both; stats then counts templates per split)")
+                   help="template split (spec 8): train or test buckets, or any (both; stats then counts templates "
+                        "per split)")
     g.add_argument("--op", type=int, default=None, help="force op = N (default: training distribution)")
+    g.add_argument("--op-sampling", choices=list(OP_SAMPLING), default=None,
+                   help="training distribution of op: min2 (the paper's min of two uniform draws; default) "
+                        "or uniform on 1..max_op")
     g.add_argument("--reask", action="store_true", help="re-draw the question (spec 8)")
     g.add_argument("--format", choices=["pq", "qp"], default=None, help="default: the preset's (pq)")
     g.add_argument("--n", type=int, default=1000)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--world", default=None, help="world JSON file (default: the shipped world)")
     g.add_argument("--workers", type=int, default=1, help="processes (output is the same for any number)")
-    g.add_argument("--out", default="-", help="JSONL file (default, or -: standard output), or FILE.parquet (extra [hf])")
+    g.add_argument("--retry-rate", type=float, default=0.0,
+                   help="retry data (Part 2.2): before each solution sentence, with this probability (again and "
+                        "again), insert a wrong step 'Define A as BACK.' (default 0: off)")
+    g.add_argument("--retry-kind", choices=["retry", "retry_weak"], default="retry",
+                   help="retry: A is not computable yet; retry_weak: A is defined later in the solution")
+    g.add_argument("--out", default="-",
+                   help="JSONL file (default, or -: standard output), or FILE.parquet (extra [hf])")
     g.set_defaults(func=cmd_generate)
     v = sub.add_parser("verify", help="grade solutions in a JSONL (or .parquet) file")
     v.add_argument("--in", dest="inp", metavar="FILE", required=True, help="JSONL or .parquet file (-: standard input)")

@@ -169,7 +169,8 @@ def _read_preset(schema_cls: type, config_dir: Path, preset: str, seen: tuple = 
     if parent is None or parent == preset:
         return pairs
     if parent in seen:
-        raise ConfigError(f"preset={preset!r} is not allowed: presets {' -> '.join(seen + (preset, parent))} form a cycle")
+        raise ConfigError(f"preset={preset!r} is not allowed: presets {' -> '.join(seen + (preset, parent))} "
+                          "form a cycle")
     return _read_preset(schema_cls, config_dir, parent, seen + (preset,)) + pairs
 
 
@@ -269,8 +270,10 @@ def _describe(tp: Any) -> str:
     if origin is Union:
         rest = [a for a in args if a is not type(None)]
         return "null or " + " or ".join(_describe(a) for a in rest)
-    if origin in (list, typing.List):
-        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s, e.g. [1, 2]" if args else "a list"
+    if origin is list:  # typing.List[...] too
+        if not args:
+            return "a list"
+        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s, e.g. [1, 2]"
     if origin is tuple:
         return f"a list of {len(args)} values, e.g. {list(a() for a in args)}"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))

@@ -12,6 +12,8 @@ from typing import ClassVar, NamedTuple, Optional
 
 
 MAX_OP = 52  # solution steps each take one of the 52 ASCII letters
+OP_SAMPLING = ("min2", "uniform")  # GeneratorConfig.op_sampling
+RETRY_KINDS = ("retry", "retry_weak")  # igsm.retry
 
 
 class ConfigError(ValueError):
@@ -22,7 +24,7 @@ class ConfigError(ValueError):
 class GeneratorConfig:
     """Difficulty knobs of the iGSM generator (spec sections 2-8). Defaults: iGSM-med."""
 
-    max_op: int = 15  # op_max: training op ~ min of two uniform draws on 1..max_op
+    max_op: int = 15  # op_max: training op in 1..max_op, drawn as op_sampling says
     max_ip: int = 20  # ip_max: at most this many instance parameters (edges)
     min_layers: int = 2  # d, the number of layers, lies in [min_layers, max_layers] (2..4)
     max_layers: int = 4
@@ -32,11 +34,19 @@ class GeneratorConfig:
     reask: bool = False  # re-draw the question after generation (spec 8)
     fmt: str = "pq"  # "pq": question after the statements; "qp": question first
     split: str = "train"  # "train", "test" (template hash buckets) or "any"
+    # How op is drawn when not forced: "min2", the paper's min of two uniform draws on 1..max_op
+    # (P(op = k) = (2(max_op - k) + 1) / max_op^2: op = max_op is 1 problem in max_op^2), or
+    # "uniform" on 1..max_op (a flatter mix: more of the long problems).
+    op_sampling: str = "min2"
     split_boundary: int = 17  # buckets 0..boundary-1 are train, boundary..22 test
     world: Optional[str] = None  # world JSON file; None = the default shipped with igsm
     families: Optional[list[int]] = None  # restrict to these families of the world
     n_groups: Optional[int] = None  # use only the first n groups of each category
     group_size: Optional[int] = None  # use only the first n names of each group
+    # Retry data (Part 2.2, igsm.retry): before each solution sentence, with this probability (again
+    # and again: a geometric number), a wrong step "Define A as BACK." is inserted; 0 = off.
+    retry_rate: float = 0.0
+    retry_kind: str = "retry"  # "retry": A not computable yet; "retry_weak": A defined later in the solution
 
 
 GENERATOR_PRESETS: dict[str, GeneratorConfig] = {
@@ -90,11 +100,15 @@ def validate_generator(cfg: GeneratorConfig, prefix: str = "") -> None:
            f"null or an integer in 1..{MAX_OP} (one solution letter per step)")
     _check(cfg.fmt in ("pq", "qp"), k("fmt"), cfg.fmt, "'pq' or 'qp'")
     _check(cfg.split in ("train", "test", "any"), k("split"), cfg.split, "'train', 'test' or 'any'")
+    _check(cfg.op_sampling in OP_SAMPLING, k("op_sampling"), cfg.op_sampling, f"one of {list(OP_SAMPLING)}")
     _check(1 <= cfg.split_boundary <= 22, k("split_boundary"), cfg.split_boundary,
            "an integer in 1..22 (buckets below it are train, the rest test)")
     _check(cfg.group_size is None or cfg.group_size >= cfg.max_width, k("group_size"), cfg.group_size,
            f"null or an integer >= max_width ({cfg.max_width})")
     _check(cfg.n_groups is None or cfg.n_groups >= 1, k("n_groups"), cfg.n_groups, "null or >= 1")
+    _check(isinstance(cfg.retry_rate, (int, float)) and 0.0 <= cfg.retry_rate < 1.0, k("retry_rate"),
+           cfg.retry_rate, "a float in [0, 1) (0 = no retries)")
+    _check(cfg.retry_kind in RETRY_KINDS, k("retry_kind"), cfg.retry_kind, f"one of {list(RETRY_KINDS)}")
 
 
 @dataclass
@@ -109,18 +123,54 @@ class ModelConfig:
     dropout: float = 0.0
     bias: bool = True
     compile: bool = False  # wrap the forward in torch.compile (checkpoint keys unchanged)
+    # Canon layers (Part 4.1, Allen-Zhu 2025): a causal depthwise convolution over the last
+    # canon_kernel positions, added back to its stream (h + conv(h)), at any subset of four places
+    # per block: A on the attention's input (after ln_1), B on the q, k, v projections (before
+    # RoPE), C on the MLP's input (after ln_2), D on the MLP's hidden layer (before GELU).
+    # "" = none: the paper's GPT-2. E.g. "ABCD" or "AC".
+    canon: str = ""
+    canon_kernel: int = 4
+    # Dims of each head that RoPE rotates (the first rope_dim; the rest carry no position):
+    # None = the whole head; 0 = no position embedding at all (NoPE). Part 4.1 pairs Canon with
+    # a quarter of the head.
+    rope_dim: Optional[int] = None
 
     @property
     def d_model(self) -> int:
         return self.n_embd if self.n_embd is not None else 64 * self.n_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def rotary_dim(self) -> int:
+        """How many dims of each head RoPE rotates (``rope_dim`` resolved)."""
+        return self.head_dim if self.rope_dim is None else self.rope_dim
+
+
+CANON_POSITIONS = "ABCD"
 
 
 def validate_model(cfg: ModelConfig, prefix: str = "model.") -> None:
     _check(cfg.n_layer >= 1, prefix + "n_layer", cfg.n_layer, "an integer >= 1")
     _check(cfg.n_head >= 1, prefix + "n_head", cfg.n_head, "an integer >= 1")
     d = cfg.d_model
-    _check(d % cfg.n_head == 0 and (d // cfg.n_head) % 2 == 0, prefix + "n_embd", cfg.n_embd,
-           f"a multiple of n_head ({cfg.n_head}) with an even head size (RoPE rotates pairs)")
+    _check(d % cfg.n_head == 0, prefix + "n_embd", cfg.n_embd, f"a multiple of n_head ({cfg.n_head})")
+    hd = d // cfg.n_head
+    if cfg.rope_dim is None:
+        _check(hd % 2 == 0, prefix + "n_embd", cfg.n_embd,
+               f"a multiple of n_head ({cfg.n_head}) with an even head size (RoPE rotates pairs), or set "
+               "model.rope_dim")
+    else:
+        _check(isinstance(cfg.rope_dim, int) and 0 <= cfg.rope_dim <= hd and cfg.rope_dim % 2 == 0,
+               prefix + "rope_dim", cfg.rope_dim,
+               f"null (the whole head) or an even integer in 0..{hd} (the head size; RoPE rotates pairs, 0 = NoPE)")
+    canon = cfg.canon if isinstance(cfg.canon, str) else None
+    _check(canon is not None and all(c in CANON_POSITIONS for c in canon) and len(set(canon)) == len(canon),
+           prefix + "canon", cfg.canon, f"a string of distinct letters from {CANON_POSITIONS!r} ('' = no Canon layers)")
+    _check(isinstance(cfg.canon_kernel, int) and cfg.canon_kernel >= 1, prefix + "canon_kernel",
+           cfg.canon_kernel, "an integer >= 1 (positions each Canon layer mixes; 4 in Part 4.1)")
     _check(0.0 <= cfg.dropout < 1.0, prefix + "dropout", cfg.dropout, "a float in [0, 1)")
     _check(cfg.block_size >= 16, prefix + "block_size", cfg.block_size, "an integer >= 16")
 
@@ -130,8 +180,8 @@ def field_names(cls) -> list[str]:
 
 
 __all__ = [
-    "ConfigError", "GeneratorConfig", "GENERATOR_PRESETS", "generator_preset", "validate_generator",
-    "ModelConfig", "validate_model", "field", "field_names",
+    "ConfigError", "GeneratorConfig", "OP_SAMPLING", "GENERATOR_PRESETS", "generator_preset",
+    "validate_generator", "ModelConfig", "CANON_POSITIONS", "validate_model", "field", "field_names",
 ]
 
 
@@ -161,6 +211,7 @@ EVAL_BUCKETS: dict[str, list[str]] = {
 
 LOSS_ON = ("all", "solution")
 LETTER_LOSS = ("sampled", "uniform")
+RETRY_LOSS = ("full", "mask")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 # Single-file checkpoint strategies only (igsm.trainer saves checkpoints atomically itself);
 # the largest model of the paper (~300M parameters) fits on one GPU, so DDP is all we need.
@@ -192,15 +243,23 @@ class DataConfig(GeneratorConfig):
     # No loss on a problem whose beginning lies in an earlier window: the model cannot see its
     # statements, so its solution tokens are guesses (a quarter of them at context 256 in tiny).
     whole_problems_only: bool = False
+    # Retry data (data.retry_rate / data.retry_kind, igsm.retry): "full" trains on every token of a
+    # wrong step "Define A as BACK."; "mask" puts no loss on its "Define A as" (BACK keeps its loss).
+    # Part 2.2 finds masking unnecessary.
+    retry_loss: str = "full"
     num_workers: int = 4  # DataLoader worker processes generating problems (0 = in the main process)
     prefetch_batches: int = 4  # batches each worker keeps ready (DataLoader prefetch_factor)
 
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warm-up then cosine decay (spec 13), stepped every optimizer step."""
+    """AdamW (or Muon + AdamW) with linear warm-up then cosine decay (spec 13), stepped every optimizer step."""
 
-    lr: float = 2e-3  # peak learning rate
+    # "adamw": AdamW on every parameter (the paper). "muon": torch.optim.Muon (torch >= 2.9) on the
+    # 2-D weights of the hidden nn.Linear layers, AdamW (lr, betas, eps above) on the rest: the tied
+    # embedding / output head, norms, biases, Canon convolutions. One schedule scales both lrs.
+    name: str = "adamw"
+    lr: float = 2e-3  # peak learning rate (of AdamW; with name=muon, of the non-matrix parameters)
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-8
     weight_decay: float = 0.05  # on matmul weights only: no decay for biases, LayerNorm, embeddings
@@ -212,6 +271,17 @@ class OptimConfig:
     # max_nonfinite_skips times in the run (then stop). docs/faults.md.
     on_nonfinite: str = "stop"
     max_nonfinite_skips: int = 10
+    # name=muon only. Peak lr of the Muon matrices, on the same schedule: Keller Jordan's 0.02 (the
+    # torch.optim.Muon doc example) under torch's default "original" shape scaling, lr x
+    # sqrt(max(1, fan_out / fan_in)); an update is orthogonalised (spectral norm ~1), so this lr is
+    # not comparable to optim.lr. Weight decay: optim.weight_decay, decoupled (x muon lr).
+    # Momentum: Nesterov, torch's and Keller's default 0.95.
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+
+
+OPTIMIZERS = ("adamw", "muon")
+MUON_MIN_TORCH = "2.9"  # the first torch release with torch.optim.Muon
 
 
 @dataclass
@@ -367,12 +437,21 @@ def validate_data(cfg: DataConfig, prefix: str = "data.") -> None:
            cfg.global_batch_size, "null or an integer >= 1")
     _check(cfg.loss_on in LOSS_ON, prefix + "loss_on", cfg.loss_on, f"one of {list(LOSS_ON)}")
     _check(cfg.letter_loss in LETTER_LOSS, prefix + "letter_loss", cfg.letter_loss, f"one of {list(LETTER_LOSS)}")
+    _check(cfg.retry_loss in RETRY_LOSS, prefix + "retry_loss", cfg.retry_loss, f"one of {list(RETRY_LOSS)}")
     _check(cfg.num_workers >= 0, prefix + "num_workers", cfg.num_workers, "an integer >= 0")
     _check(cfg.prefetch_batches >= 1, prefix + "prefetch_batches", cfg.prefetch_batches, "an integer >= 1")
 
 
 def validate_optim(cfg: OptimConfig, prefix: str = "optim.") -> None:
+    _check(cfg.name in OPTIMIZERS, prefix + "name", cfg.name, f"one of {list(OPTIMIZERS)}")
+    if cfg.name == "muon":
+        import torch  # only here: config.py stays torch-free for the generator
+
+        _check(hasattr(torch.optim, "Muon"), prefix + "name", cfg.name,
+               f"'adamw' with torch {torch.__version__}: torch.optim.Muon needs torch >= {MUON_MIN_TORCH}")
     _check(cfg.lr > 0, prefix + "lr", cfg.lr, "a float > 0")
+    _check(cfg.muon_lr > 0, prefix + "muon_lr", cfg.muon_lr, "a float > 0")
+    _check(0 <= cfg.muon_momentum < 1, prefix + "muon_momentum", cfg.muon_momentum, "a float in [0, 1)")
     _check(len(cfg.betas) == 2 and all(0 <= b < 1 for b in cfg.betas), prefix + "betas", list(cfg.betas),
            "two floats in [0, 1)")
     _check(cfg.eps > 0, prefix + "eps", cfg.eps, "a float > 0")
@@ -476,15 +555,17 @@ def build_data_tokenizer(cfg: DataConfig):
 
 def bucket_generator_config(cfg: DataConfig, bucket: BucketSpec) -> GeneratorConfig:
     """The generator of one evaluation bucket: the training data's world and sizes, the bucket's
-    op rule and split. For "<=N" the op is drawn by the caller (see igsm.data)."""
+    op rule and split. For "<=N" the op is drawn by the caller (see igsm.data), always from the
+    paper's min-of-two mix whatever data.op_sampling says, so runs that differ in their training
+    op mix are graded on the same problems."""
     base = generator_config(cfg)
     if bucket.up_to:
-        return replace(base, max_op=bucket.op, op=None, reask=False, split=bucket.split)
+        return replace(base, max_op=bucket.op, op=None, reask=False, split=bucket.split, op_sampling="min2")
     return replace(base, op=bucket.op, reask=bucket.reask, split=bucket.split)
 
 
 __all__ += [
-    "EVAL_BUCKETS", "DataConfig", "OptimConfig", "TrainerConfig", "EvalConfig", "TrainConfig",
+    "EVAL_BUCKETS", "DataConfig", "OptimConfig", "OPTIMIZERS", "TrainerConfig", "EvalConfig", "TrainConfig",
     "BucketSpec", "parse_bucket", "accumulation", "validate_train", "validate_data", "validate_optim",
     "validate_trainer", "validate_eval", "generator_config", "bucket_generator_config", "build_data_tokenizer",
 ]
@@ -497,6 +578,7 @@ __all__ += [
 # =============================================================================================
 
 PROBE_TASKS = ("nece", "dep", "known", "value", "can_next", "nece_next")  # = probing.labels.TASKS
+PROBE_EXTRA_TASKS = ("regret",)  # Part 2.2's regret probe (probing.labels): on request, not by default
 PROBE_LAYERS = ("last", "all")
 PROBE_CONTROLS = ("none", "random_init", "both")
 PROBE_TEST_SPLITS = ("test", "train")
@@ -580,8 +662,9 @@ def validate_probe(cfg: ProbeConfig) -> None:
     _check(cfg.ckpt_path is None or bool(cfg.ckpt_path), "ckpt_path", cfg.ckpt_path,
            "null, 'last' or a probe run's .ckpt file")
     p = cfg.probe
-    _check(len(p.tasks) >= 1 and all(t in PROBE_TASKS for t in p.tasks) and len(set(p.tasks)) == len(p.tasks),
-           "probe.tasks", p.tasks, f"a non-empty list of distinct tasks from {list(PROBE_TASKS)}")
+    allowed = PROBE_TASKS + PROBE_EXTRA_TASKS
+    _check(len(p.tasks) >= 1 and all(t in allowed for t in p.tasks) and len(set(p.tasks)) == len(p.tasks),
+           "probe.tasks", p.tasks, f"a non-empty list of distinct tasks from {list(allowed)}")
     _check(p.layers in PROBE_LAYERS, "probe.layers", p.layers, f"one of {list(PROBE_LAYERS)}")
     _check(p.control in PROBE_CONTROLS, "probe.control", p.control, f"one of {list(PROBE_CONTROLS)}")
     _check(p.rank >= 1, "probe.rank", p.rank, "an integer >= 1")
@@ -614,5 +697,5 @@ def validate_probe(cfg: ProbeConfig) -> None:
            "trainer.precision", cfg.trainer.precision, "'32-true', 'bf16-mixed' or null on CPU")
 
 
-__all__ += ["PROBE_TASKS", "PROBE_LAYERS", "PROBE_CONTROLS", "PROBE_TEST_SPLITS", "ProbeOptions", "AnalysisConfig", "ProbeConfig",
+__all__ += ["PROBE_TASKS", "PROBE_EXTRA_TASKS", "PROBE_LAYERS", "PROBE_CONTROLS", "PROBE_TEST_SPLITS", "ProbeOptions", "AnalysisConfig", "ProbeConfig",
             "validate_probe"]

@@ -36,7 +36,7 @@ from igsm.config import (
     generator_config, parse_bucket,
 )
 from igsm.generator import GenerationError, generate_problem, problem_rng, sample_op
-from igsm.problem import Problem
+from igsm.problem import RETRACTION, Problem
 from igsm.tokenizer import Tokenizer
 
 IGNORE_INDEX = -100  # targets with this value carry no loss (torch cross_entropy's ignore_index)
@@ -53,6 +53,26 @@ def training_example(tokenizer: Tokenizer, problem: Problem, loss_on: str) -> tu
         return ids, 0
     # encode_prompt is [eos, problem marker] + P + [solution marker], i.e. ids[:k] with one more token
     return ids, len(tokenizer.encode_prompt(problem.problem_text)) - 1
+
+
+def retraction_targets(tokenizer: Tokenizer, problem: Problem) -> list[int]:
+    """Indices (in :func:`training_example`'s ids) of the wrong steps' tokens ``Define A as`` of
+    retry data (igsm.retry); ``BACK`` and the period after them are not included.
+    ``data.retry_loss=mask`` puts no loss on them (the model is not taught to make the mistake, only
+    to retract it). The solution is encoded sentence by sentence, exactly as the whole part."""
+    if not problem.retries:
+        return []
+    pos = len(tokenizer.encode_prompt(problem.problem_text)) - 1  # first solution token
+    out: list[int] = []
+    for k, (sentence, wrong) in enumerate(problem.solution_parts()):
+        enc = tokenizer._encode_part if k == 0 else (lambda t: tokenizer.encode(" " + t))
+        ids = enc(sentence)
+        if wrong:
+            head = enc(sentence[: -len(f" {RETRACTION}.")])  # "Define A as": a token boundary in both tokenizers
+            if ids[: len(head)] == head:
+                out.extend(range(pos, pos + len(head)))
+        pos += len(ids)
+    return out
 
 
 def letter_slots(ids: list[int], start: int, define_id: int, letter_index: dict[int, int]) -> list[tuple[int, int]]:
@@ -73,7 +93,7 @@ def pack_windows(
     examples: Iterator[tuple[list[int], int]], batch_size: int, context: int,
     letters: Optional[tuple[int, dict[int, int]]] = None, whole_problems_only: bool = False,
 ) -> dict:
-    """Concatenate examples ``(ids, first_loss)`` and cut ``batch_size`` windows of ``context`` tokens.
+    """Concatenate examples ``(ids, first_loss[, no_loss])`` and cut ``batch_size`` windows of ``context`` tokens.
 
     Returns ``inputs`` [B, T], ``targets`` [B, T] (inputs shifted by one: row r covers stream
     positions rT..rT+T-1 and predicts rT+1..rT+T; IGNORE_INDEX where the target carries no loss),
@@ -81,6 +101,7 @@ def pack_windows(
     ``(define_id, letter_index)`` is given, ``letter_used`` [B, T]: for a target that names a new
     letter, the bitmask of :func:`letter_slots`, else -1. With ``whole_problems_only`` a target
     carries no loss when its example began in an earlier window (the model cannot see its start).
+    ``no_loss``: indices of an example's tokens that carry no loss as targets (``data.retry_loss=mask``).
     """
     need = batch_size * context + 1
     tokens: list[int] = []
@@ -88,7 +109,8 @@ def pack_windows(
     used: list[int] = []
     starts: list[int] = []  # per token: where its example begins in the stream
     dropped = 0
-    for ids, first_loss in examples:
+    for example in examples:
+        ids, first_loss = example[0], example[1]
         if len(ids) > context:
             dropped += 1
             continue
@@ -99,7 +121,10 @@ def pack_windows(
             used += slot_used
         starts += [len(tokens)] * len(ids)
         tokens += ids
-        carries_loss += [False] * first_loss + [True] * (len(ids) - first_loss)
+        loss = [False] * first_loss + [True] * (len(ids) - first_loss)
+        for i in example[2] if len(example) > 2 else ():  # (ids, first_loss, no-loss indices)
+            loss[i] = False
+        carries_loss += loss
         if len(tokens) >= need:
             break
     stream = torch.tensor(tokens[:need], dtype=torch.long)  # [B*T + 1]
@@ -128,9 +153,10 @@ class PackedBatches(IterableDataset):
     def __init__(
         self, gen_cfg: GeneratorConfig, tokenizer: Tokenizer, *, context: int, batch_size: int,
         loss_on: str, seed: int, rank: int = 0, start_batch: int = 0, letter_loss: str = "sampled",
-        whole_problems_only: bool = False,
+        whole_problems_only: bool = False, retry_loss: str = "full",
     ) -> None:
         self.gen_cfg, self.tokenizer = gen_cfg, tokenizer
+        self.retry_loss = retry_loss  # "mask": no loss on the wrong steps of retry data
         self.context, self.batch_size, self.loss_on = context, batch_size, loss_on
         self.seed, self.rank, self.start_batch = seed, rank, start_batch
         # letter_loss="uniform" needs to know where letters are named (see pack_windows)
@@ -152,7 +178,11 @@ class PackedBatches(IterableDataset):
         while True:
             p = self.problem(batch_index, j)
             if p is not None:
-                yield training_example(self.tokenizer, p, self.loss_on)
+                ids, first = training_example(self.tokenizer, p, self.loss_on)
+                if self.retry_loss == "mask" and p.retries:
+                    yield ids, first, retraction_targets(self.tokenizer, p)
+                else:
+                    yield ids, first
             j += 1
 
     def batch(self, batch_index: int) -> dict:
@@ -278,7 +308,7 @@ class IGSMDataModule(L.LightningDataModule):
         return PackedBatches(
             generator_config(d), self.tokenizer, context=d.context, batch_size=d.batch_size,
             loss_on=d.loss_on, seed=self.seed, rank=rank, start_batch=start_batch, letter_loss=d.letter_loss,
-            whole_problems_only=d.whole_problems_only,
+            whole_problems_only=d.whole_problems_only, retry_loss=d.retry_loss,
         )
 
     def eval_dataset(self, rank: int = 0, world_size: int = 1) -> EvalSet:
@@ -322,5 +352,5 @@ def worker_ignores_stop_signals(worker_id: int) -> None:
 
 __all__ = [
     "IGNORE_INDEX", "IGSMDataModule", "PackedBatches", "EvalSet", "EvalBatch", "build_data_tokenizer",
-    "training_example", "pack_windows", "letter_slots",
+    "training_example", "pack_windows", "letter_slots", "retraction_targets",
 ]

@@ -15,13 +15,14 @@ from .config import GeneratorConfig, validate_generator
 from .graph import reask, sample_dependencies, sample_structure
 from .problem import Problem
 from .render import render_problem, solution_template, template_hash
+from .retry import add_retries
 from .world import LAYERS_PER_FAMILY, World, load_world
 
 N_BUCKETS = 23
 MAX_ATTEMPTS = 4_000
 # An op target is kept while attempts fail (so the train split's op histogram is exactly the
-# formula); after this many misses it is redrawn: small ops can have no template in the test
-# buckets at all (op = 1 has only two templates, both train), and "op <= N" test sets are then
+# op_sampling distribution); after this many misses it is redrawn: small ops can have no template
+# in the test buckets at all (op = 1 has only two templates, both train), and "op <= N" test sets are then
 # test-template problems of the training distribution. Forced ops are never redrawn.
 REDRAW_OP_AFTER = 16
 
@@ -47,9 +48,13 @@ def world_for(cfg: GeneratorConfig) -> World:
 
 
 def sample_op(cfg: GeneratorConfig, rng: random.Random) -> int:
-    """Forced op, or the training distribution P(op = k) = (2(op_max - k) + 1) / op_max^2."""
+    """Forced op, or the training distribution of ``cfg.op_sampling``: "min2", the paper's
+    P(op = k) = (2(op_max - k) + 1) / op_max^2 (min of two uniform draws), or "uniform" on
+    1..op_max (one draw)."""
     if cfg.op is not None:
         return cfg.op
+    if cfg.op_sampling == "uniform":
+        return rng.randint(1, cfg.max_op)
     return min(rng.randint(1, cfg.max_op), rng.randint(1, cfg.max_op))
 
 
@@ -109,6 +114,8 @@ def generate_problem(cfg: GeneratorConfig, rng: random.Random, world: Optional[W
                 template_hash=thash,
             )
             render_problem(problem, rng)
+            if cfg.retry_rate > 0:  # own derived stream: the problem itself does not change
+                add_retries(problem, cfg.retry_rate, cfg.retry_kind, rng)
             return problem
     raise GenerationError(
         f"no problem with op={s} in split={cfg.split!r} found in {MAX_ATTEMPTS} attempts: either "

@@ -2,12 +2,14 @@
 
 ``python -m igsm export CKPT --out DIR`` writes a folder that loads offline with
 ``AutoModelForCausalLM.from_pretrained(DIR, local_files_only=True)`` and ``AutoTokenizer.from_pretrained(DIR, ...)``;
-:func:`load_pretrained` (and ``GPT.from_pretrained``, ``probe.py ckpt=DIR``) reads it back.
+:func:`load_pretrained` (and ``probe.py ckpt=DIR``) reads it back into igsm's GPT.
 
 Why GPT-NeoX: it is the transformers architecture that *is* our GPT. Pre-LayerNorm blocks with a
 sequential residual (``use_parallel_residual=False``), exact-erf GELU MLP of width 4d with biases,
-rotary embeddings in the "rotate half" layout on the whole head (``partial_rotary_factor=1``),
+rotary embeddings in the "rotate half" layout on the first ``model.rope_dim`` dims of each head
+(``partial_rotary_factor`` = rope_dim / head_dim: 1 by default, 0 for NoPE),
 no learned positions, tied input/output embeddings, biases on q/k/v and the output projection.
+A model with Canon layers (``model.canon``) has no GPT-NeoX form: export refuses it in one line.
 (GPT-2's own class has learned positions; Llama has RMSNorm, SwiGLU and no biases; GPT-J rotates
 interleaved pairs.) The only rearrangement is GPT-NeoX's fused q/k/v layout: its
 ``query_key_value`` output is read as ``[heads, (q, k, v), head_dim]`` while ours is
@@ -169,10 +171,22 @@ def from_neox_state_dict(neox: dict[str, Tensor], cfg: ModelConfig) -> dict[str,
     return out
 
 
+def rotary_fraction(cfg: ModelConfig) -> float:
+    """GPT-NeoX's ``rotary_pct`` / ``partial_rotary_factor`` for ``model.rope_dim``: transformers
+    rotates ``int(head_dim * fraction)`` dims, so the fraction is nudged up where r / head_dim
+    rounds below r (e.g. 6 / 26)."""
+    r, hd = cfg.rotary_dim, cfg.head_dim
+    fraction = r / hd
+    return fraction if int(hd * fraction) == r else (r + 0.5) / hd
+
+
 def neox_config(model: GPT, tokenizer: Tokenizer):
     """The ``GPTNeoXConfig`` that describes ``model``."""
     transformers = require("transformers")
     cfg = model.cfg
+    if cfg.canon:
+        raise InteropError(f"export: model.canon={cfg.canon!r}: transformers' GPT-NeoX has no Canon layers, so "
+                           "only models trained with model.canon='' can be exported")
     return transformers.GPTNeoXConfig(
         vocab_size=model.padded_vocab,
         hidden_size=cfg.d_model,
@@ -181,7 +195,8 @@ def neox_config(model: GPT, tokenizer: Tokenizer):
         intermediate_size=4 * cfg.d_model,
         hidden_act="gelu",  # exact erf GELU, as nn.GELU()
         max_position_embeddings=cfg.block_size,
-        rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rope_base), "partial_rotary_factor": 1.0},
+        rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rope_base),
+                         "partial_rotary_factor": rotary_fraction(cfg)},
         layer_norm_eps=LAYER_NORM_EPS,
         use_parallel_residual=False,
         tie_word_embeddings=True,
@@ -358,7 +373,7 @@ def export_model(model: GPT, tokenizer: Tokenizer, out_dir: Union[str, Path],
     gen.suppress_tokens = list(range(tokenizer.vocab_size, model.padded_vocab)) or None
     out.mkdir(parents=True, exist_ok=True)
     hf_model.save_pretrained(out, safe_serialization=True)
-    _add_legacy_rope_keys(out / "config.json", model.cfg.rope_base)
+    _add_legacy_rope_keys(out / "config.json", model.cfg.rope_base, rotary_fraction(model.cfg))
     hf_tokenizer(tokenizer, model_max_length=model.cfg.block_size).save_pretrained(out)
     _set_tokenizer_class(out / "tokenizer_config.json")
     meta = {
@@ -390,16 +405,16 @@ def model_card(model: GPT, tokenizer: Tokenizer, source: Optional[str] = None) -
         f"{model.num_params():,} parameters; `{tokenizer.name}` tokenizer ({tokenizer.vocab_size} ids; the "
         f"embedding is padded to {model.padded_vocab}, and generation_config.json suppresses the padding ids).\n\n"
         f"Prompt: {prompt} igsm's evaluation decodes greedily. `igsm.json` holds the training config; "
-        "igsm reads the folder back with `GPT.from_pretrained(DIR)` or `python probe.py ckpt=DIR` "
+        "igsm reads the folder back with `igsm.hf.load_pretrained(DIR)` or `python probe.py ckpt=DIR` "
         "(docs/interop.md in the igsm repository).\n"
     )
 
 
-def _add_legacy_rope_keys(path: Path, base: float) -> None:
+def _add_legacy_rope_keys(path: Path, base: float, fraction: float) -> None:
     """transformers < 5 reads ``rotary_pct`` / ``rotary_emb_base`` (default 0.25 / 10000): write
     them too, so the folder means the same model to older versions (newer ones ignore them)."""
     cfg = json.loads(path.read_text())
-    cfg.update({"rotary_pct": 1.0, "rotary_emb_base": float(base), "rope_theta": float(base)})
+    cfg.update({"rotary_pct": fraction, "rotary_emb_base": float(base), "rope_theta": float(base)})
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
@@ -482,15 +497,28 @@ def _check_neox_config(c: dict, where: str) -> None:
     need("model_type", c.get("model_type") == "gpt_neox", "'gpt_neox'")
     need("use_parallel_residual", c.get("use_parallel_residual") is False, "false (sequential residual)")
     rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
-    rotary = rope.get("partial_rotary_factor", c.get("rotary_pct", 0.25))
-    if rotary != 1.0:
-        raise InteropError(f"{where}: partial_rotary_factor/rotary_pct={rotary!r} is not supported; igsm rotates the whole head (1.0)")
+    head_dim = c.get("hidden_size", 0) // max(1, c.get("num_attention_heads", 1))
+    rotary = _neox_rotary_dim(c)
+    if not (0 <= rotary <= head_dim and rotary % 2 == 0):
+        raise InteropError(f"{where}: partial_rotary_factor/rotary_pct={_neox_rotary_fraction(c)!r} rotates {rotary} "
+                           f"of {head_dim} head dims; igsm's GPT needs an even number (model.rope_dim)")
     if rope.get("rope_type", "default") != "default":
         raise InteropError(f"{where}: rope_type={rope.get('rope_type')!r} is not supported; only 'default'")
     need("hidden_act", c.get("hidden_act", "gelu") == "gelu", "'gelu'")
     need("intermediate_size", c.get("intermediate_size") == 4 * c.get("hidden_size", 0), "4 * hidden_size")
     need("layer_norm_eps", math.isclose(c.get("layer_norm_eps", 1e-5), LAYER_NORM_EPS), str(LAYER_NORM_EPS))
     need("attention_bias", c.get("attention_bias", True) is True, "true")
+
+
+def _neox_rotary_fraction(c: dict) -> float:
+    rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
+    return float(rope.get("partial_rotary_factor", c.get("rotary_pct", 0.25)))
+
+
+def _neox_rotary_dim(c: dict) -> int:
+    """Dims of each head GPT-NeoX rotates: int(head_dim * fraction), as transformers computes it."""
+    head_dim = c.get("hidden_size", 0) // max(1, c.get("num_attention_heads", 1))
+    return int(head_dim * _neox_rotary_fraction(c))
 
 
 def _guess_tokenizer(folder: Path, padded_vocab: int) -> Tokenizer:
@@ -542,6 +570,9 @@ def load_pretrained(path: Union[str, Path]) -> Pretrained:
     model_cfg.block_size = int(c.get("max_position_embeddings", model_cfg.block_size))
     rope = c.get("rope_parameters") or {}
     model_cfg.rope_base = float(rope.get("rope_theta", c.get("rope_theta", c.get("rotary_emb_base", 10000.0))))
+    rotary = _neox_rotary_dim(c)
+    model_cfg.rope_dim = None if rotary == model_cfg.head_dim else rotary
+    model_cfg.canon = ""  # _check_neox_config: GPT-NeoX has none
     model_cfg.compile = False
     train_cfg.model = model_cfg
     model = GPT(model_cfg, tokenizer.vocab_size)

@@ -4,8 +4,9 @@ logging, evaluation). The network itself is a plain ``nn.Module``; this file sta
 Training: next-token cross-entropy on packed windows (targets -100 carry no loss; with
 ``data.letter_loss=uniform`` the target of a new solution letter is the uniform distribution over
 the problem's unused letters, :func:`uniform_letter_loss`), AdamW
-β = (0.9, 0.98) with weight decay on matmul weights only, linear warm-up then cosine decay to
-``min_lr_ratio`` × peak, stepped every optimizer step. Logged: ``train/loss``, ``train/grad_norm``,
+β = (0.9, 0.98) with weight decay on matmul weights only (``optim.name=muon``: Muon on the hidden
+matrices, :mod:`igsm.optim`), linear warm-up then cosine decay to ``min_lr_ratio`` × each group's
+peak, stepped every optimizer step. Logged: ``train/loss``, ``train/grad_norm``,
 ``train/lr/*`` (LearningRateMonitor), ``train/tokens_per_s`` (all ranks together) and
 ``train/mfu`` (per device, against the bf16 dense peak of H100/H200/A100; absent on CPU).
 
@@ -21,13 +22,17 @@ evaluation of the run, resumes included: the learning curve)::
 
     {"bucket": "op=20", "split": "test", "op": 20, "reask": false, "n": 4096,
      "accuracy": 0.91, "answer_accuracy": 0.93, "unnecessary_params_per_correct": 0.01,
-     "errors": {"wrong_arithmetic": 201, "not_ready": 168}, "step": 100000}
+     "errors": {"wrong_arithmetic": 201, "not_ready": 168}, "retractions_per_problem": 0.0,
+     "solutions_with_retractions": 0, "true_regrets": 0, "false_regrets": 0, "step": 100000}
 
 ``split`` is the template split the problems come from ("test" unless the bucket says
 ``:train``/``:any``); ``op`` is the forced op (an int) or ``"<=N"`` for a bucket drawn from the
 training distribution with max_op = N; for reask buckets ``op`` is the op before re-asking.
 ``unnecessary_params_per_correct`` is null when no solution was correct; ``errors`` counts the wrong
-solutions by the verifier's error kind (igsm.verify.ERROR_KINDS).
+solutions by the verifier's error kind (igsm.verify.ERROR_KINDS). The retraction counts are for
+models trained on retry data (igsm.retry): retractions ``Define A as BACK.`` per problem, how many
+solutions hold one, and how many retracted an A that was not computable yet (true regrets) or was
+ready (false regrets), as the verifier counts them.
 
 The checkpoint's hyper-parameters hold the resolved config and the tokenizer, so
 ``GPTLitModule.load_from_checkpoint(path)`` rebuilds model, tokenizer and evaluation sets.
@@ -56,7 +61,9 @@ from igsm.data import EvalBatch
 from igsm.decode import greedy_decode
 from igsm.faults import NonFiniteError, decode_in_chunks
 from igsm.model import GPT
+from igsm.optim import MUON_GROUP, build_optimizer
 from igsm.tokenizer import Tokenizer, tokenizer_from_dict
+from igsm.trainer import cpu_has_native_bf16
 from igsm.verify import ERROR_KINDS
 
 # Dense bf16 tensor-core peak per GPU (no sparsity), matched against torch.cuda.get_device_name;
@@ -104,6 +111,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+RETRY_COUNTS = ("retractions", "with_retractions", "true_regrets", "false_regrets")
+
+
 class EvalScores(Metric):
     """Counts of one evaluation bucket, summed over batches and ranks."""
 
@@ -111,23 +121,26 @@ class EvalScores(Metric):
 
     def __init__(self) -> None:
         super().__init__()
-        for name in ("n", "correct", "answer_correct", "unnecessary"):
+        for name in ("n", "correct", "answer_correct", "unnecessary", *RETRY_COUNTS):
             self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("errors", default=torch.zeros(len(ERROR_KINDS), dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, n: int, correct: int, answer_correct: int, unnecessary: int,
-               errors: Optional[list[str]] = None) -> None:
+               errors: Optional[list[str]] = None, retries: Optional[dict[str, int]] = None) -> None:
         """``unnecessary``: unnecessary parameters summed over the correct solutions; ``errors``:
-        the verifier's error kind of each wrong solution."""
+        the verifier's error kind of each wrong solution; ``retries``: sums of RETRY_COUNTS."""
         self.n += n
         self.correct += correct
         self.answer_correct += answer_correct
         self.unnecessary += unnecessary
         for kind in errors or ():
             self.errors[ERROR_KINDS.index(kind)] += 1
+        for k, v in (retries or {}).items():
+            setattr(self, k, getattr(self, k) + v)
 
     def compute(self) -> dict[str, Any]:
-        counts: dict[str, Any] = {k: int(getattr(self, k)) for k in ("n", "correct", "answer_correct", "unnecessary")}
+        counts: dict[str, Any] = {k: int(getattr(self, k))
+                                  for k in ("n", "correct", "answer_correct", "unnecessary", *RETRY_COUNTS)}
         counts["errors"] = {kind: int(c) for kind, c in zip(ERROR_KINDS, self.errors.tolist()) if c}
         return counts
 
@@ -145,6 +158,11 @@ def bucket_entry(spec: BucketSpec, counts: dict[str, int], step: int) -> dict:
         "answer_accuracy": counts["answer_correct"] / n if n else None,
         "unnecessary_params_per_correct": counts["unnecessary"] / correct if correct else None,
         "errors": counts.get("errors", {}),
+        # retractions "Define A as BACK." the model wrote (retry data, igsm.retry)
+        "retractions_per_problem": counts.get("retractions", 0) / n if n else None,
+        "solutions_with_retractions": counts.get("with_retractions", 0),
+        "true_regrets": counts.get("true_regrets", 0),
+        "false_regrets": counts.get("false_regrets", 0),
         "step": step,
     }
 
@@ -231,10 +249,10 @@ class GPTLitModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         o = self.cfg.optim
-        optimizer = torch.optim.AdamW(
-            param_groups(self.model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-            fused=self._use_fused_adamw(self.device),
-        )
+        # Muon's Newton-Schulz in float32 where bf16 is emulated (CPUs without AVX512-BF16/AMX)
+        ns_float32 = self.device.type == "cpu" and not cpu_has_native_bf16()
+        optimizer = build_optimizer(self.model, param_groups(self.model, o.weight_decay), o,
+                                    fused=self._use_fused_adamw(self.device), ns_float32=ns_float32)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
             lr_multiplier, warmup=o.warmup_steps, total=self.cfg.trainer.max_steps, min_ratio=o.min_lr_ratio))
         return {"optimizer": optimizer,
@@ -249,10 +267,11 @@ class GPTLitModule(L.LightningModule):
         schedule = self.lr_schedulers()
         factor = lr_multiplier(schedule.last_epoch, warmup=o.warmup_steps, total=self.cfg.trainer.max_steps,
                                min_ratio=o.min_lr_ratio)
-        schedule.base_lrs = [o.lr] * len(schedule.base_lrs)
-        for group in schedule.optimizer.param_groups:
-            group["initial_lr"] = o.lr
-            group["lr"] = o.lr * factor
+        peaks = [o.muon_lr if group.get("name") == MUON_GROUP else o.lr for group in schedule.optimizer.param_groups]
+        schedule.base_lrs = peaks
+        for group, peak in zip(schedule.optimizer.param_groups, peaks):
+            group["initial_lr"] = peak
+            group["lr"] = peak * factor
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Resume with the AdamW kernel of this run's device, not of the device that wrote the
@@ -381,16 +400,21 @@ class GPTLitModule(L.LightningModule):
         generations = self.decode_fitting(batch.prompts)
         correct = answer_correct = unnecessary = 0
         examples, errors = [], []
+        retries = dict.fromkeys(RETRY_COUNTS, 0)
         for problem, generated in zip(batch.problems, generations):
             solution, answer = self.tokenizer.parse_generation(generated)
             report = verify_solution(problem, solution, answer)
+            retries["retractions"] += report.retractions
+            retries["with_retractions"] += report.retractions > 0
+            retries["true_regrets"] += report.true_regrets
+            retries["false_regrets"] += report.false_regrets
             correct += report.correct
             answer_correct += report.answer_correct
             unnecessary += len(report.unnecessary_params) if report.correct else 0
             if not report.correct:
                 errors.append(report.error)
             examples.append((problem, solution, answer, report))
-        self.eval_scores[batch.bucket].update(len(batch), correct, answer_correct, unnecessary, errors)
+        self.eval_scores[batch.bucket].update(len(batch), correct, answer_correct, unnecessary, errors, retries)
         self._log_examples(batch.bucket, examples)
 
     def on_validation_epoch_end(self) -> None:

@@ -7,7 +7,8 @@ Used by ``tests/test_generator.py`` (small samples) and ``benchmarks/generator.p
 from __future__ import annotations
 
 import statistics
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from .problem import ABS, Problem
 

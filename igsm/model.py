@@ -8,6 +8,9 @@ Beyond a standard GPT-2, the forward pass serves the V-probe (spec 11):
 - ``embed_delta=(U, V)`` adds a rank-r update ``U[idx] @ V`` to the input embedding only;
 - ``compute_logits=False`` skips the language-model head when only hidden states are needed.
 
+Options beyond the paper's model (``ModelConfig``; defaults keep the paper's GPT-2): Canon layers
+(``canon``, ``canon_kernel``: :class:`Canon`) and partial RoPE or none (``rope_dim``).
+
 Decoding uses :meth:`GPT.forward_cached` with a preallocated :class:`KVCache`. Prompts are
 left-padded onto one shared position grid; padded keys are masked out of attention, and since
 RoPE scores depend only on relative positions, a prompt shifted right by its padding produces
@@ -50,16 +53,98 @@ def build_rope_cache(
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate x [..., T, head_dim] by the angles of its positions; cos, sin are [T, head_dim // 2].
+    """Rotate x [..., T, head_dim] by the angles of its positions; cos, sin are [T, r // 2].
 
     Because every pair is rotated by an angle linear in the position, the dot product of a
-    rotated query at m with a rotated key at n depends only on m - n.
+    rotated query at m with a rotated key at n depends only on m - n. Partial RoPE (r < head_dim,
+    GPT-NeoX's ``rotary_pct``): only the first r dims rotate, pairing (x[i], x[i + r/2]); the
+    other head_dim - r pass through. r = 0: x unchanged (NoPE).
     """
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]  # [..., T, hd/2] each
+    half = cos.shape[-1]
+    rot = 2 * half
+    if rot == 0:
+        return x
     if cos.dtype != x.dtype:  # the decoding cache holds tables already in its dtype: no cast per step
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # [..., T, hd]
+    x1, x2 = x[..., :half], x[..., half:rot]  # [..., T, r/2] each
+    rotated = (x1 * cos - x2 * sin, x1 * sin + x2 * cos)
+    if rot == x.shape[-1]:
+        return torch.cat(rotated, dim=-1)  # [..., T, hd]
+    return torch.cat((*rotated, x[..., rot:]), dim=-1)  # [..., T, hd]
+
+
+# ---------------------------------------------------------------------------------------------
+# Canon layers: a causal depthwise convolution added back to its stream.
+# ---------------------------------------------------------------------------------------------
+
+def causal_conv_shift(x: Tensor, weight: Tensor, prev: Optional[Tensor] = None) -> Tensor:
+    """y[t] = sum_i weight[:, i] * x[t - (k - 1 - i)] as k multiply-adds of shifted views.
+
+    x [B, T, C], weight [C, k] (tap k-1 is the current position), prev [B, k-1, C]: the inputs
+    just before x (None = zeros, as at the start of a training window).
+    """
+    k = weight.shape[1]
+    T = x.shape[1]
+    if prev is None:
+        xx = F.pad(x, (0, 0, k - 1, 0))  # [B, k-1+T, C], zeros before the window
+    else:
+        xx = torch.cat((prev, x), dim=1)  # [B, k-1+T, C]
+    w = weight.to(x.dtype).t()  # [k, C]
+    y = xx[:, k - 1 :] * w[k - 1]  # [B, T, C]
+    for i in range(k - 1):
+        y = y + xx[:, i : i + T] * w[i]
+    return y
+
+
+def causal_conv_conv1d(x: Tensor, weight: Tensor, prev: Optional[Tensor] = None) -> Tensor:
+    """The same as :func:`causal_conv_shift` with one ``F.conv1d`` (groups = channels)."""
+    k = weight.shape[1]
+    if prev is None:
+        xx = F.pad(x.transpose(1, 2), (k - 1, 0))  # [B, C, k-1+T]
+    else:
+        xx = torch.cat((prev, x), dim=1).transpose(1, 2)  # [B, C, k-1+T]
+    y = F.conv1d(xx, weight.to(x.dtype)[:, None, :], groups=weight.shape[0])  # [B, C, T]
+    return y.transpose(1, 2)  # [B, T, C]
+
+
+def canon_conv():
+    """The faster convolution here (``python benchmarks/canon.py`` prints the comparison): under
+    torch.compile the shifted multiply-adds fuse into one kernel (3x faster than conv1d on a CPU);
+    eager, one ``F.conv1d`` call beats 2k elementwise passes (2x in fp32 on a CPU). Measured on
+    CPUs only so far; the same rule is assumed on GPUs."""
+    return causal_conv_shift if torch.compiler.is_compiling() else causal_conv_conv1d
+
+
+class Canon(nn.Module):
+    """h + conv(h): a causal depthwise convolution over the last k positions of one stream, one
+    weight per channel and tap, no bias, no activation (Part 4.1's Canon layer).
+
+    The weight has nn.Conv1d's shape [C, 1, k] and PyTorch's default initialisation (uniform in
+    +-1/sqrt(k)), not the model's std 0.02. During cached decoding ``state`` [B, k-1, C] holds the
+    layer's last k-1 inputs per row (see :class:`KVCache`).
+    """
+
+    def __init__(self, channels: int, kernel: int) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.weight = nn.Parameter(torch.empty(channels, 1, kernel))  # [C, 1, k], as nn.Conv1d
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Conv1d's default: U(+-1/sqrt(k))
+
+    def forward(self, h: Tensor, state: Optional[Tensor] = None, valid: Optional[Tensor] = None) -> Tensor:
+        """h [B, T, C] -> [B, T, C]. state [B, k-1, C] (cached decoding): the previous inputs,
+        updated in place to the last k-1 inputs; valid [B, T] bool: False (left padding) enters
+        the convolution as zeros."""
+        conv = canon_conv()
+        x = h if valid is None else h * valid[..., None].to(h.dtype)  # [B, T, C]
+        y = conv(x, self.weight[:, 0], state)  # [B, T, C]
+        if state is not None and self.kernel > 1:
+            k1 = self.kernel - 1
+            tail = torch.cat((state, x), dim=1)[:, -k1:] if x.shape[1] < k1 else x[:, -k1:]  # [B, k-1, C]
+            state.copy_(tail)
+        return h + y
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,6 +160,7 @@ class CausalSelfAttention(nn.Module):
         self.head_dim = cfg.d_model // cfg.n_head
         self.dropout = cfg.dropout
         self.c_attn = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)  # q, k, v together
+        self.canon_b = Canon(3 * cfg.d_model, cfg.canon_kernel) if "B" in cfg.canon else None
         self.c_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)  # residual projection
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
@@ -86,16 +172,21 @@ class CausalSelfAttention(nn.Module):
         kv: Optional["LayerCache"] = None,
         pos: int = 0,
         attn_mask: Optional[Tensor] = None,
+        valid: Optional[Tensor] = None,
     ) -> Tensor:
         """x [B, T, d] -> [B, T, d]. cos/sin cover the T positions of x.
 
         Plain path (kv None): causal attention over x alone. Cached path: k, v of x are written
         into the layer's cache at pos..pos+T-1 and the queries attend to the cached keys allowed
         by attn_mask [B, 1, T, S] (True = attend), where S is the attended span of the cache
-        (``kv.k_span``, ``kv.v_span``: views of its first S positions).
+        (``kv.k_span``, ``kv.v_span``: views of its first S positions). valid [B, T]: real tokens
+        (Canon layers read padding as zeros).
         """
         B, T, C = x.shape
-        qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, H, T, hd]
+        qkv = self.c_attn(x)  # [B, T, 3d]
+        if self.canon_b is not None:
+            qkv = self.canon_b(qkv, None if kv is None else kv.canon.get("B"), valid)  # [B, T, 3d]
+        qkv = qkv.view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, H, T, hd]
         q, k = apply_rope(qkv[:2], cos, sin).unbind(0)  # q and k rotated in one go: [B, H, T, hd] each
         v = qkv[2]  # [B, H, T, hd]
 
@@ -122,12 +213,16 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.c_fc = nn.Linear(cfg.d_model, 4 * cfg.d_model, bias=cfg.bias)
+        self.canon_d = Canon(4 * cfg.d_model, cfg.canon_kernel) if "D" in cfg.canon else None
         self.gelu = nn.GELU()
         self.c_proj = nn.Linear(4 * cfg.d_model, cfg.d_model, bias=cfg.bias)  # residual projection
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # [B, T, d]
+    def forward(self, x: Tensor, canon_state: Optional[Tensor] = None, valid: Optional[Tensor] = None) -> Tensor:
+        h = self.c_fc(x)  # [B, T, 4d]
+        if self.canon_d is not None:
+            h = self.canon_d(h, canon_state, valid)  # [B, T, 4d]
+        return self.dropout(self.c_proj(self.gelu(h)))  # [B, T, d]
 
 
 class Block(nn.Module):
@@ -136,8 +231,10 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.canon_a = Canon(cfg.d_model, cfg.canon_kernel) if "A" in cfg.canon else None
         self.attn = CausalSelfAttention(cfg)
         self.ln_2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.canon_c = Canon(cfg.d_model, cfg.canon_kernel) if "C" in cfg.canon else None
         self.mlp = MLP(cfg)
 
     def forward(
@@ -148,9 +245,17 @@ class Block(nn.Module):
         kv: Optional["LayerCache"] = None,
         pos: int = 0,
         attn_mask: Optional[Tensor] = None,
+        valid: Optional[Tensor] = None,
     ) -> Tensor:
-        x = x + self.attn(self.ln_1(x), cos, sin, kv, pos, attn_mask)  # [B, T, d]
-        x = x + self.mlp(self.ln_2(x))  # [B, T, d]
+        canon = kv.canon if kv is not None else {}  # cached decoding: each Canon layer's last k-1 inputs
+        h = self.ln_1(x)  # [B, T, d]
+        if self.canon_a is not None:
+            h = self.canon_a(h, canon.get("A"), valid)
+        x = x + self.attn(h, cos, sin, kv, pos, attn_mask, valid)  # [B, T, d]
+        h = self.ln_2(x)  # [B, T, d]
+        if self.canon_c is not None:
+            h = self.canon_c(h, canon.get("C"), valid)
+        x = x + self.mlp(h, canon.get("D"), valid)  # [B, T, d]
         return x
 
 
@@ -181,9 +286,9 @@ class GPT(nn.Module):
         self.lm_head.weight = self.wte.weight  # tied: one matrix embeds and un-embeds
 
         # Derived from the config, so never saved: checkpoints hold learned weights only.
-        cos, sin = build_rope_cache(cfg.block_size, d // cfg.n_head, cfg.rope_base)
-        self.register_buffer("rope_cos", cos, persistent=False)  # [block_size, hd/2]
-        self.register_buffer("rope_sin", sin, persistent=False)  # [block_size, hd/2]
+        cos, sin = build_rope_cache(cfg.block_size, cfg.rotary_dim, cfg.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)  # [block_size, r/2] (r = rotary_dim)
+        self.register_buffer("rope_sin", sin, persistent=False)  # [block_size, r/2]
 
         self._init_weights()
 
@@ -198,6 +303,8 @@ class GPT(nn.Module):
           grow with depth.
         - every Linear bias: zero.
         - every LayerNorm: weight one, bias zero.
+        - Canon weights (``canon_a`` .. ``canon_d``): PyTorch's nn.Conv1d default, uniform in
+          +-1/sqrt(canon_kernel) (:meth:`Canon.reset_parameters`), as Part 4.1.
         - ``rope_cos``, ``rope_sin``: computed, not learned.
         """
         std = 0.02
@@ -212,6 +319,8 @@ class GPT(nn.Module):
                 nn.init.ones_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+            elif isinstance(module, Canon):
+                module.reset_parameters()
 
     # -- embedding and the plain forward -------------------------------------------------------
 
@@ -271,11 +380,14 @@ class GPT(nn.Module):
         if max_len > self.cfg.block_size:
             raise ValueError(f"max_len={max_len} exceeds model.block_size={self.cfg.block_size}")
         p = self.wte.weight
+        d, k = self.cfg.d_model, self.cfg.canon_kernel
         cache = KVCache(
             n_layer=self.cfg.n_layer, batch=batch, n_head=self.cfg.n_head,
             max_len=min(_round_up(max_len, CACHE_MULTIPLE), self.cfg.block_size),
             head_dim=self.cfg.d_model // self.cfg.n_head,
             device=device or p.device, dtype=dtype or p.dtype,
+            canon_channels={c: CANON_CHANNELS[c] * d for c in self.cfg.canon} if k > 1 else {},
+            canon_kernel=k,
         )
         # RoPE tables cast once per cache (not per step and layer) to the dtype q and k have.
         cache.rope_cos = self.rope_cos[: cache.max_len].to(cache.k.device, cache.k.dtype)  # [max_len, hd/2]
@@ -310,10 +422,10 @@ class GPT(nn.Module):
             attn_mask = cached_attention_mask(cache.valid[:, : cache.span_len], pos, T)  # [B, 1, T, S]
             cache.step_bias[:, pos : pos + T].masked_fill_(cache.valid[:, pos : pos + T], 0.0)
 
-        cos, sin = cache.rope_cos[pos : pos + T], cache.rope_sin[pos : pos + T]  # [T, hd/2]
+        cos, sin = cache.rope_cos[pos : pos + T], cache.rope_sin[pos : pos + T]  # [T, r/2]
         x = self.wte(idx)  # [B, T, d]
         for block, kv in zip(self.blocks, layers):
-            x = block(x, cos, sin, kv, pos, attn_mask)  # [B, T, d]
+            x = block(x, cos, sin, kv, pos, attn_mask, valid)  # [B, T, d]
         cache.pos = pos + T
         return self.last_logits(x[:, -1])  # [B, padded_vocab]
 
@@ -326,17 +438,6 @@ class GPT(nn.Module):
             h = F.layer_norm(h.to(dtype), ln.normalized_shape, ln.weight.to(dtype),
                              None if ln.bias is None else ln.bias.to(dtype), ln.eps)  # [B, d]
             return F.linear(h, self.lm_head.weight.to(dtype))  # [B, padded_vocab]
-
-    # -- Hugging Face interop -----------------------------------------------------------------
-
-    @classmethod
-    def from_pretrained(cls, path) -> "GPT":
-        """The GPT of a transformers folder written by ``python -m igsm export`` (or a compatible
-        GPT-NeoX trained elsewhere), in eval mode; :func:`igsm.hf.load_pretrained` also returns
-        its tokenizer and training config. Needs the extra ``[hf]``."""
-        from igsm.hf import load_pretrained
-
-        return load_pretrained(path).model
 
     # -- size and cost ------------------------------------------------------------------------
 
@@ -383,6 +484,10 @@ class LayerCache(NamedTuple):
     v: Tensor  # [B, H, max_len, hd]
     k_span: Tensor  # [B, H, S, hd], a view of k
     v_span: Tensor  # [B, H, S, hd], a view of v
+    canon: dict  # Canon position letter -> [B, k-1, channels]: that layer's last k-1 inputs per row
+
+
+CANON_CHANNELS = {"A": 1, "B": 3, "C": 1, "D": 4}  # channels of each Canon position, in units of d
 
 
 class KVCache:
@@ -396,11 +501,19 @@ class KVCache:
 
     def __init__(
         self, *, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int,
-        device: torch.device, dtype: torch.dtype,
+        device: torch.device, dtype: torch.dtype, canon_channels: Optional[dict[str, int]] = None,
+        canon_kernel: int = 4,
     ) -> None:
         shape = (n_layer, batch, n_head, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # Canon layers: per layer and position letter, the last k-1 inputs of each row (zeros
+        # before the first token, as at the start of a training window). Rolled forward in place.
+        self.canon = [
+            {c: torch.zeros(batch, canon_kernel - 1, ch, device=device, dtype=dtype)
+             for c, ch in (canon_channels or {}).items()}
+            for _ in range(n_layer)
+        ]
         self.valid = torch.zeros(batch, max_len, device=device, dtype=torch.bool)
         # valid as an additive attention bias (0 = attend, -inf = not): SDPA takes it as is,
         # where a bool mask would be converted (three ops) in every layer of every step.
@@ -418,7 +531,8 @@ class KVCache:
         if S != self.span_len:
             self.span_len = S
             layers = [(self.k[i], self.v[i]) for i in range(self.k.shape[0])]  # single views, writable
-            self._layers = [LayerCache(k, v, k[:, :, :S], v[:, :, :S]) for k, v in layers]
+            self._layers = [LayerCache(k, v, k[:, :, :S], v[:, :, :S], canon)
+                            for (k, v), canon in zip(layers, self.canon)]
             self.step_mask = self.step_bias[:, None, None, :S]  # [B, 1, 1, S], a view: follows step_bias
         return self._layers
 
@@ -427,4 +541,5 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-__all__ = ["GPT", "GPTOutput", "KVCache", "LayerCache", "build_rope_cache", "apply_rope", "cached_attention_mask"]
+__all__ = ["GPT", "GPTOutput", "KVCache", "LayerCache", "Canon", "canon_conv", "causal_conv_shift",
+           "causal_conv_conv1d", "build_rope_cache", "apply_rope", "cached_attention_mask"]

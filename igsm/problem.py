@@ -21,6 +21,12 @@ from typing import NamedTuple, Optional
 MOD = 23
 INST = 0
 ABS = 1
+RETRACTION = "BACK"  # the retraction word of retry data (Part 2.2): "Define A as BACK."
+
+
+def retraction_sentence(name: str) -> str:
+    """The wrong step of retry data: ``Define <name> as BACK.``"""
+    return f"Define {name} as {RETRACTION}."
 
 
 class Param(NamedTuple):
@@ -118,6 +124,9 @@ class Problem:
     question_text: str = ""
     solution_sentences: list[str] = field(default_factory=list)
     template_hash: int = 0  # stable hash of the solution template (spec 8)
+    # retry data (igsm.retry): (k, A) = the wrong step "Define A as BACK." before solution sentence k,
+    # in text order; ``solution_sentences`` and the template stay retry-free
+    retries: list[tuple[int, Param]] = field(default_factory=list)
 
     # ----- derived quantities -------------------------------------------------------------
     @property
@@ -143,7 +152,30 @@ class Problem:
 
     @property
     def solution(self) -> str:
+        """The solution text, with the retry data's wrong steps when there are any."""
+        if not self.retries:
+            return " ".join(self.solution_sentences)
+        return " ".join(self.solution_with_retries())
+
+    @property
+    def clean_solution(self) -> str:
+        """The solution without retries (what the template and the probes' boundaries use)."""
         return " ".join(self.solution_sentences)
+
+    def solution_with_retries(self) -> list[str]:
+        """The sentences in text order, each retraction ``Define A as BACK.`` before its sentence."""
+        return [s for s, _ in self.solution_parts()]
+
+    def solution_parts(self) -> list[tuple[str, bool]]:
+        """``(sentence, is_retraction)`` in text order."""
+        out: list[tuple[str, bool]] = []
+        r = 0
+        for k, s in enumerate(self.solution_sentences):
+            while r < len(self.retries) and self.retries[r][0] == k:
+                out.append((retraction_sentence(self.param_name(self.retries[r][1])), True))
+                r += 1
+            out.append((s, False))
+        return out
 
     @property
     def statement(self) -> str:
@@ -232,6 +264,8 @@ class Problem:
                        "abstract": bool, "products": bool, "value": int}, ...],
            "question": [...], "solution_order": [[...]], "letters": {"name": letter}}``
         kind 0 = instance, 1 = abstract. ``params`` are in definition (topological) order.
+        Retry data adds ``"retries": [[k, [kind, layer, item, target]], ...]`` (the wrong step
+        ``Define A as BACK.`` before solution sentence k), only when there are any.
         """
         params = []
         for p in self.definition_order:
@@ -262,10 +296,11 @@ class Problem:
             "letters": {self.param_name(p): ch for p, ch in self.letters.items()},
             "fmt": self.fmt,
             "reask": self.reask,
+            **({"retries": [[k, list(a)] for k, a in self.retries]} if self.retries else {}),
         }
 
     @classmethod
-    def from_graph_json(cls, g: dict) -> "Problem":
+    def from_graph_json(cls, g: dict) -> Problem:
         """Rebuild a Problem (without text) from :meth:`graph_json`; ``igsm.render`` adds text."""
         equations: dict[Param, Equation] = {}
         values: dict[Param, int] = {}
@@ -299,4 +334,5 @@ class Problem:
             letters={by_name[n]: ch for n, ch in g.get("letters", {}).items()},
             fmt=g.get("fmt", "pq"),
             reask=g.get("reask", False),
+            retries=[(k, Param(*a)) for k, a in g.get("retries", [])],
         )

@@ -26,13 +26,15 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 # Keys that may differ between runs of one depth-width grid: the run's name and where it ran.
 GRID_FREE_KEYS = {
-    "name", "preset", "config", "ckpt_path", "print_config", "log_root", "model.n_layer", "model.n_head", "model.n_embd",
+    "name", "preset", "config", "ckpt_path", "print_config", "log_root", "model.n_layer", "model.n_head",
+    "model.n_embd",
     "model.compile", "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.accelerator",
     "trainer.accumulate_grad_batches", "trainer.enable_progress_bar", "trainer.cpu_threads",
     "trainer.log_every_n_steps", "trainer.checkpoint_every", "trainer.eval_every", "data.num_workers",
@@ -277,7 +279,8 @@ def up_to_entries(entries: list[dict], split: str) -> list[dict]:
 _STYLES = {
     ("test", "forced"): dict(marker="o", ls="-", filled=True, text="forced op = N, test templates"),
     ("train", "forced"): dict(marker="s", ls="--", filled=False, text="forced op = N, training templates"),
-    ("test", "up_to"): dict(marker="D", ls="none", filled=True, text="op ≤ N mix (training distribution), test templates"),
+    ("test", "up_to"): dict(marker="D", ls="none", filled=True,
+                            text="op ≤ N mix (training distribution), test templates"),
     ("train", "up_to"): dict(marker="D", ls="none", filled=False, text="op ≤ N mix, training templates"),
 }
 
@@ -537,7 +540,8 @@ def probe_table(runs: list[Run]) -> list[str]:
         probe = r.probe or {}
         backbone = probe.get("backbone", {}).get("run") or r.info.get("backbone_run", "?")
         for task, e in probe.get("tasks", {}).items():
-            acc, controls = e.get("acc"), [c for c in (e.get("random_init_acc"), e.get("majority_acc")) if c is not None]
+            acc = e.get("acc")
+            controls = [c for c in (e.get("random_init_acc"), e.get("majority_acc")) if c is not None]
             margin = "-" if acc is None or not controls else f"{100 * (acc - max(controls)):+.1f}"
             rows.append([r.label, backbone, task, _pct(acc), _pct(e.get("random_init_acc")),
                          _pct(e.get("majority_acc")), margin, e.get("n_test_pairs", "-")])

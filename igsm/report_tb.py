@@ -13,7 +13,8 @@ The figures are the ones ``python -m igsm report`` draws (:mod:`igsm.report`).
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any, Optional
 
 from lightning.pytorch.callbacks import Callback
 

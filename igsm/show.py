@@ -123,7 +123,6 @@ def dependency_layout(problem: Problem) -> dict[Param, tuple[float, float]]:
             preds = [row[q] for q in g.predecessors(p) if q in row]
             return (p not in necessary, sum(preds) / len(preds) if preds else float(order[p]), order[p])
         column.sort(key=key)
-        n = len(column)
         for r, p in enumerate(column):
             row[p] = float(r)
             pos[p] = (float(x), -row[p])

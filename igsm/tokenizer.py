@@ -157,6 +157,10 @@ TEMPLATE_TEXTS = (
     "Define A's B as v; t = a - b = 4 - 9 = 18; u = t + c = 18 + 2 = 20; so v = 3 * u = 3 * 20 = 14.",
     "Answer: 16.",
 )
+# Retry data's retraction word (igsm.retry: "Define A as BACK."), one token with and without its
+# space. Appended after the sorted vocabulary, so the ids of every other piece stay what they were
+# before retry data existed (runs, checkpoints and seeded results made without it are unchanged).
+RETRY_PIECES = ("BACK", " BACK")
 MAX_NUMBER_TOKEN = 22  # numbers 0..22 are single tokens; larger ones fall back to digit tokens
 
 _CACHE_LIMIT = 1 << 18  # bound on memoised chunks per tokenizer (arbitrary text cannot grow it forever)
@@ -168,7 +172,8 @@ def _word_pieces(text: str) -> list[str]:
 
 def word_vocab(texts: Iterable[str]) -> list[str]:
     """The sorted non-special vocabulary covering ``texts`` (world names, categories), the
-    templates, numbers 0..22, digits, the 52 ASCII letters and per-character fallbacks."""
+    templates, numbers 0..22, digits, the 52 ASCII letters and per-character fallbacks, then the
+    retraction word of retry data (RETRY_PIECES)."""
     pieces: set[str] = set()
     chars: set[str] = set(string.printable)
     # the 52 letters and 10 digits are in string.printable: with the " X" forms below they give
@@ -188,7 +193,7 @@ def word_vocab(texts: Iterable[str]) -> list[str]:
         if not c.isspace():
             vocab.add(" " + c)
     vocab.difference_update(WORD_SPECIALS)  # the literal text "[PAD]" is never a single piece anyway
-    return sorted(vocab)
+    return sorted(vocab) + [p for p in RETRY_PIECES if p not in vocab]
 
 
 def world_texts(world) -> list[str]:

@@ -29,6 +29,12 @@ if the set of parameters used differs, else ``wrong_literal`` if the literal num
 given) must equal the question's value. ``Report.first_wrong_sentence`` is the 0-based index of
 the sentence with the reported error (for error analysis at the boundary before it).
 
+**Retractions** (retry data, :mod:`igsm.retry`): a sentence ``Define A as BACK`` is checked to be
+well formed (A a parameter of the problem that no earlier sentence computed), then removed, and
+the rest is graded as above (sentence numbers still count it). ``Report.retractions`` counts
+them, ``true_regrets`` those whose A was not computable yet there (an input not computed yet) and
+``false_regrets`` those whose A was ready.
+
 Correctly computed parameters that the question does not need keep a solution correct; they
 are listed in ``unnecessary_params``. Necessary parameters that no sentence computes correctly
 are listed in ``missing_params``. After the first error the remaining sentences are still read
@@ -52,6 +58,8 @@ Error kinds (``Report.error``), one line each:
 ``wrong_answer``            the solution is right but the given answer is not the question's value
 ``truncated``               the solution is empty, is cut in the middle of a sentence, or ends
                             (with no answer given) before it defines the question
+``bad_retraction``          retry data's ``Define A as BACK.`` is malformed: BACK after a value or
+                            anywhere but right after "as", A not a parameter, or A already computed
 ``problem_parse``           text-only mode: the problem text could not be understood (igsm.parse)
 ``internal``                the verifier itself failed (a bug, or an inconsistent Problem)
 ==========================  =====================================================================
@@ -74,7 +82,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from .graph import abstract_equation
-from .problem import ABS, INST, MOD, Equation, Param, Problem
+from .problem import ABS, INST, MOD, RETRACTION, Equation, Param, Problem
 
 ERROR_KINDS = (
     "parse",
@@ -90,6 +98,7 @@ ERROR_KINDS = (
     "wrong_question",
     "wrong_answer",
     "truncated",
+    "bad_retraction",
     "problem_parse",
     "internal",
 )
@@ -111,6 +120,11 @@ class Report:
     unnecessary_params: list[str] = field(default_factory=list)
     message: str = ""
     first_wrong_sentence: Optional[int] = None  # 0-based index of the sentence with the error
+    # retry data (igsm.retry): well-formed retractions "Define A as BACK.", and how many of them name
+    # an A that was not computable yet there (a true regret) or was ready (a false one)
+    retractions: int = 0
+    true_regrets: int = 0
+    false_regrets: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -501,6 +515,35 @@ def _structure_error(ctx: _Context, p: Param, out: _Sentence, canon: str, define
 
 
 # --------------------------------------------------------------------------------------------
+# Retractions (retry data, igsm.retry)
+# --------------------------------------------------------------------------------------------
+_RETRACTION = RETRACTION
+_RETRACT_END = " as " + RETRACTION  # a sentence without its final period
+
+
+def _words(s: str) -> list[str]:
+    return s.replace(";", " ").split()
+
+
+def _read_retraction(ctx: _Context, s: str, k: int, defined: dict, regrets: list) -> Optional[_Fail]:
+    """``Define <name> as BACK``: a parameter of the problem, not computed yet. Counts it as a
+    true regret (some input not computed yet) or a false one (it was ready), or returns the error."""
+    name = s[7:-len(_RETRACT_END)]
+    if "; " in name or " = " in name:
+        return _Fail("bad_retraction", f"sentence {k + 1} {_show(s)}: {_RETRACTION} after a value; a retraction "
+                     f"is 'Define <parameter> as {_RETRACTION}'")
+    p = ctx.lookup(name)
+    if p is None:
+        return _Fail("bad_retraction", f"sentence {k + 1} retracts {name!r}, which is not a parameter of this problem")
+    if p in defined:
+        return _Fail("bad_retraction", f"sentence {k + 1} retracts {name}, which sentence {defined[p] + 1} "
+                     "already computed")
+    ready = all(q in defined for q in ctx.equation(p).inputs)
+    regrets[1 if ready else 0] += 1
+    return None
+
+
+# --------------------------------------------------------------------------------------------
 # The cut-off end of a solution
 # --------------------------------------------------------------------------------------------
 def _is_step_prefix(piece: str) -> bool:
@@ -554,6 +597,8 @@ def _fragment_error(ctx: _Context, frag: str, k: int, letters: dict, defined: di
             full = name + " as "
             if full.startswith(rest) or (len(rest) == len(full) + 1 and rest.startswith(full)
                                          and rest[-1] in _LETTERS):
+                return cut, None
+            if rest.startswith(full) and _RETRACTION.startswith(rest[len(full):]):  # "... as BA"
                 return cut, None
         return _Fail("parse", f"the unfinished sentence {k + 1} {_show(frag)} does not name a parameter"), None
     out = _Sentence()
@@ -644,8 +689,17 @@ def verify_solution_strict(problem: Problem, solution: Any, answer: Any = None) 
     done: list[tuple[Param, _Sentence]] = []  # correctly computed parameters, in order
     first: Optional[tuple[str, str, Optional[str], int]] = None  # kind, message, name, sentence
     last: Optional[_Sentence] = None
+    regrets = [0, 0]  # true, false
     for k, s in enumerate(sentences):
+        if s.endswith(_RETRACT_END) and s.startswith("Define "):  # a retraction: checked, then removed
+            fail = _read_retraction(ctx, s, k, defined, regrets)
+            if fail is not None and first is None:
+                first = (fail.kind, fail.message, s[7:-len(_RETRACT_END)], k)
+            continue
         out, fail = _read_sentence(ctx, s, k, letters, defined)
+        if fail is not None and fail.kind == "parse" and _RETRACTION in _words(s):
+            fail = _Fail("bad_retraction", f"sentence {k + 1} {_show(s)}: {_RETRACTION} may only follow "
+                         "'Define <parameter> as'")
         last = out
         if fail is None:
             p = out.param
@@ -669,6 +723,8 @@ def verify_solution_strict(problem: Problem, solution: Any, answer: Any = None) 
                 first = (fail.kind, fail.message, fname, len(sentences))
         elif not sentences:
             first = ("truncated", "the solution is empty", None, 0)
+        elif last is None:
+            first = ("truncated", "the solution has only retractions", None, len(sentences))
         elif last.param != ctx.question:
             q = name(ctx.question)
             if ctx.question in defined:
@@ -680,7 +736,7 @@ def verify_solution_strict(problem: Problem, solution: Any, answer: Any = None) 
             else:
                 first = ("truncated", _truncated_message(ctx, defined, f"after sentence {len(sentences)}"),
                          None, len(sentences))
-    report = Report(False, False)
+    report = Report(False, False, retractions=sum(regrets), true_regrets=regrets[0], false_regrets=regrets[1])
     if first is not None:
         report.error, report.message, report.first_wrong_param, report.first_wrong_sentence = first
     return _finish(ctx, report, done, given, ans, last)

@@ -11,10 +11,11 @@ The world is data: a JSON file (the default ships as ``igsm/data/world.json``)::
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_WORLD = DATA_DIR / "world.json"
@@ -58,7 +59,7 @@ class World:
         families: Optional[Sequence[int]] = None,
         n_groups: Optional[int] = None,
         group_size: Optional[int] = None,
-    ) -> "World":
+    ) -> World:
         """A smaller world: some families, the first groups of each layer, the first names of
         each group. Used by small presets (a small world is easier to learn)."""
         fams = self.families if families is None else tuple(self.families[i] for i in families)

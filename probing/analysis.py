@@ -14,6 +14,13 @@ verifier (:func:`igsm.verify.verify_solution`) grades every solution. Then:
     ``nece_next(A)``. When the truth is false, record how often the ``can_next`` / ``nece_next``
     probe also said false. The paper finds it rarely did: the model believed A was ready.
 
+(c) **Regret** (Part 2.2), when the ``regret`` probe was trained: on the model's own greedy
+    solutions, read the probe at "Define A as" of every step (the input it was trained on: the
+    solution so far, then ``Define A as``). Steps the verifier marks ``not_ready`` (the first wrong
+    sentence of a solution, when that is its error) are the model's real mistakes: how many does
+    the probe flag ("A is not computable yet")? Correct steps (every sentence before the first
+    error, all of a correct solution; retractions excluded): how many does it flag?
+
 Sets: ``analysis.n`` reask problems (op = ``analysis.reask_op``, template test split) for (a)
 and (b), and ``analysis.n`` test-split problems of the training distribution for (b).
 The output is a JSON-able dict (``analysis.json``) and TensorBoard scalars ``analysis/...``.
@@ -22,6 +29,7 @@ The output is a JSON-able dict (``analysis.json``) and TensorBoard scalars ``ana
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import replace
 from typing import Optional
 
@@ -29,10 +37,11 @@ import torch
 
 from igsm.config import AnalysisConfig, GeneratorConfig
 from igsm.decode import greedy_decode
+from igsm.faults import decode_in_chunks
 from igsm.generator import GenerationError, generate_problem, problem_rng, world_for
 from igsm.problem import Param, Problem
 from igsm.verify import verify_solution
-from probing.data import ProblemTokens, collate_pairs, query_ids, sentence_ids
+from probing.data import ProblemTokens, collate_pairs, query_ids, regret_ids, sentence_ids
 
 _DEFINE = re.compile(r"^Define (.+?) as [A-Za-z];")
 
@@ -87,6 +96,32 @@ def first_wrong_case(tokenizer, problem: Problem, solution: str, report) -> Opti
     return query_ids(tokenizer, prefix, problem.param_name(a)), truth
 
 
+_STEP_NAME = re.compile(r"^Define (.+?) as [A-Za-z];")
+
+
+def regret_cases(tokenizer, problem: Problem, solution: str, report) -> list[tuple[list[int], int]]:
+    """The regret probe's inputs on one generated solution, ``(ids, mistake)``: at "Define A as"
+    of each correct step (``mistake`` 0: every sentence before the first error, retractions
+    excluded) and of the first wrong sentence when the verifier calls it ``not_ready`` (1)."""
+    sentences = split_sentences(solution)
+    k_err = report.first_wrong_sentence if not report.correct else None
+    end = len(sentences) if k_err is None else min(k_err, len(sentences))
+    prompt = tokenizer.encode_prompt(problem.problem_text)
+    parts = sentence_ids(tokenizer, sentences)
+    out: list[tuple[list[int], int]] = []
+    prefix = list(prompt)
+    for k in range(len(sentences)):
+        m = _STEP_NAME.match(sentences[k])
+        if k < end and m:
+            out.append((regret_ids(tokenizer, prefix, m.group(1), k == 0), 0))
+        elif k == k_err and report.error == "not_ready" and report.first_wrong_param:
+            out.append((regret_ids(tokenizer, prefix, report.first_wrong_param, k == 0), 1))
+        if k >= end:
+            break
+        prefix += parts[k]
+    return out
+
+
 class _Prober:
     """Batches probe queries and runs the trained backbone's last-layer heads."""
 
@@ -120,6 +155,29 @@ def _autocast(device: torch.device, precision: Optional[str] = None):
     return torch.autocast("cpu", enabled=False)
 
 
+def _decode_fitting(backbone, tok, prompts: list[list[int]], chunk: int, max_new_tokens: int) -> tuple[list, int]:
+    """Greedy generations of ``prompts`` in batches of ``chunk``, halved when a batch runs out of
+    memory (:func:`igsm.faults.decode_in_chunks`, as evaluation does); returns (generations in
+    input order, the batch size that fitted). Longest first, as :func:`greedy_decode` orders them,
+    so without a halving the batches are the ones ``greedy_decode(..., batch_size=chunk)`` makes."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+
+    def decode(part: list[list[int]]) -> list[list[int]]:
+        return greedy_decode(backbone, part, max_new_tokens=max_new_tokens, stop_ids=[tok.eos_id],
+                             pad_id=tok.pad_id, batch_size=len(part))
+
+    gens, fitted = decode_in_chunks(decode, [prompts[i] for i in order], chunk, on_halve=_warn_halved)
+    out: list = [None] * len(prompts)
+    for i, g in zip(order, gens):
+        out[i] = g
+    return out, fitted
+
+
+def _warn_halved(old: int, new: int) -> None:
+    print(f"warning: out of memory decoding {old} analysis prompts at once; going on with {new} at a time "
+          f"(results as with analysis.batch_size={new}; set it to start there)", file=sys.stderr, flush=True)
+
+
 def _rate(num: int, den: int) -> Optional[float]:
     return num / den if den else None
 
@@ -141,6 +199,8 @@ def run_analysis(module, tokenizer, gen_cfg: GeneratorConfig, cfg: AnalysisConfi
     b_stats = {t: {"truth_false": 0, "probe_false": 0, "truth_true": 0, "probe_true": 0} for t in ("can_next", "nece_next")}
     b_cases = b_skipped = 0
     errors: dict[str, int] = {}
+    regret = {"not_ready_steps": 0, "probe_flagged_not_ready": 0, "correct_steps": 0, "probe_flagged_correct": 0}
+    chunk = cfg.batch_size  # prompts decoded at once; halved for good on out of memory
 
     for kind in ("reask", "test"):
         problems = analysis_problems(gen_cfg, kind, cfg.n, seed, cfg.reask_op)
@@ -148,15 +208,18 @@ def run_analysis(module, tokenizer, gen_cfg: GeneratorConfig, cfg: AnalysisConfi
         keep = [i for i, pr in enumerate(prompts) if len(pr) < block]
         problems, prompts = [problems[i] for i in keep], [prompts[i] for i in keep]
         with _autocast(device, precision):  # the run's precision: fp32 decoding is ~10x slower on a GPU
-            gens = greedy_decode(backbone, prompts, max_new_tokens=max(1, min(cfg.max_new_tokens, block - max(map(len, prompts), default=0))),
-                                 stop_ids=[tok.eos_id], pad_id=tok.pad_id, batch_size=cfg.batch_size) if problems else []
+            gens, chunk = _decode_fitting(backbone, tok, prompts, chunk, max_new_tokens=max(
+                1, min(cfg.max_new_tokens, block - max(map(len, prompts), default=0))))
         n_correct = n_unnec = 0
         nece_queries: list[tuple[list[int], bool]] = []  # (ids, computed by a correct solution)
+        regret_queries: list[tuple[list[int], int]] = []  # (ids, 1 = a not_ready step, 0 = a correct one)
         next_queries: list[tuple[list[int], str, int]] = []  # (ids, task, truth)
         for problem, gen in zip(problems, gens):
             solution, answer = tok.parse_generation(gen)
             report = verify_solution(problem, solution, answer)
             names = {problem.param_name(p): p for p in problem.equations}
+            if "regret" in tasks:
+                regret_queries += [c for c in regret_cases(tok, problem, solution, report) if len(c[0]) <= block]
             if report.correct:
                 n_correct += 1
                 n_unnec += len(report.unnecessary_params)
@@ -192,6 +255,10 @@ def run_analysis(module, tokenizer, gen_cfg: GeneratorConfig, cfg: AnalysisConfi
             else:
                 a_other_total += 1
                 a_other_called += pred == 1
+        for (_, mistake), pred in zip(regret_queries, prober("regret", [ids for ids, _ in regret_queries])):
+            key = "not_ready" if mistake else "correct"
+            regret[f"{key}_steps"] += 1
+            regret[f"probe_flagged_{key}"] += int(pred == 1)
         for t in ("can_next", "nece_next"):
             qs = [(ids, truth) for ids, task, truth in next_queries if task == t]
             for (_, truth), pred in zip(qs, prober(t, [ids for ids, _ in qs])):
@@ -214,6 +281,10 @@ def run_analysis(module, tokenizer, gen_cfg: GeneratorConfig, cfg: AnalysisConfi
             "truth_true": s["truth_true"], "probe_also_true": s["probe_true"],
             "rate_probe_also_true": _rate(s["probe_true"], s["truth_true"]),
         }
+    if "regret" in tasks:
+        out["regret"] = {**regret,
+                         "rate_flagged_not_ready": _rate(regret["probe_flagged_not_ready"], regret["not_ready_steps"]),
+                         "rate_flagged_correct": _rate(regret["probe_flagged_correct"], regret["correct_steps"])}
     return out
 
 
@@ -229,7 +300,11 @@ def analysis_scalars(result: dict) -> dict[str, float]:
     for t in ("can_next", "nece_next"):
         f = result["first_wrong"][t]
         s[f"analysis/first_wrong/{t}_false/probe_also_false"] = f["rate_probe_also_false"]
+    if "regret" in result:
+        s["analysis/regret/flagged_not_ready"] = result["regret"]["rate_flagged_not_ready"]
+        s["analysis/regret/flagged_correct"] = result["regret"]["rate_flagged_correct"]
     return {k: float(v) for k, v in s.items() if v is not None}
 
 
-__all__ = ["run_analysis", "analysis_scalars", "analysis_problems", "split_sentences", "first_wrong_case"]
+__all__ = ["run_analysis", "analysis_scalars", "analysis_problems", "split_sentences", "first_wrong_case",
+           "regret_cases"]

@@ -34,25 +34,30 @@ from probing.data import PROBE_STREAM, PairCollate, ProbeDataset, probe_problem
 from probing.labels import NUM_CLASSES, check_task
 
 
-def last_end_index(idx: Tensor, end_id: int) -> Tensor:
-    """Per row, the index of the last ``end_id`` token [B] (each probe input ends with one)."""
+def last_end_index(idx: Tensor, end_id: int, pad_id: Optional[int] = None) -> Tensor:
+    """Per row, the index of the last ``end_id`` token [B] (each probe input ends with one). With
+    ``pad_id``, a row without one (the regret task reads its last token) gives its last non-pad index."""
     positions = torch.arange(idx.shape[1], device=idx.device)[None].expand_as(idx)  # [B, T]
-    return torch.where(idx == end_id, positions, -1).max(dim=1).values  # [B]
+    last_end = torch.where(idx == end_id, positions, -1).max(dim=1).values  # [B]
+    if pad_id is None:
+        return last_end
+    last_real = torch.where(idx != pad_id, positions, 0).max(dim=1).values  # [B]
+    return torch.where(last_end >= 0, last_end, last_real)
 
 
 class FineTuned(nn.Module):
     """A backbone copy and the linear head it was fine-tuned with (the positive control)."""
 
-    def __init__(self, model: GPT, n_classes: int, end_id: int):
+    def __init__(self, model: GPT, n_classes: int, end_id: int, pad_id: Optional[int] = None):
         super().__init__()
-        self.model, self.end_id = model, end_id
+        self.model, self.end_id, self.pad_id = model, end_id, pad_id
         self.head = nn.Linear(model.cfg.d_model, n_classes)
 
     def forward(self, idx: Tensor) -> Tensor:
         """Class logits [B, C] read at each row's last ``[END]``."""
         out = self.model(idx, output_hidden_states=True, compute_logits=False)
         rows = torch.arange(idx.shape[0], device=idx.device)
-        h = self.model.ln_f(out.hidden_states[-1][rows, last_end_index(idx, self.end_id)])  # [B, d]
+        h = self.model.ln_f(out.hidden_states[-1][rows, last_end_index(idx, self.end_id, self.pad_id)])  # [B, d]
         return self.head(h.to(self.head.weight.dtype))
 
 
@@ -72,7 +77,7 @@ def finetune_positive(backbone: GPT, tokenizer, gen_cfg: GeneratorConfig, task: 
     dev = torch.device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = FineTuned(copy.deepcopy(backbone), NUM_CLASSES[task], tokenizer.end_id)
+        model = FineTuned(copy.deepcopy(backbone), NUM_CLASSES[task], tokenizer.end_id, tokenizer.pad_id)
     model.to(dev).train()
     model.model.eval()  # no dropout: the copy must hold the label in the state the probe will read
     model.requires_grad_(True)

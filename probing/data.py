@@ -10,7 +10,8 @@ the tokenizer encodes a whole part, so every cut is a token boundary of the full
 * ``statement_end``: pq only, after the last statement, before the question (dep);
 * ``boundaries[j]``: after the ``[solution]`` marker and j solution sentences (j = 0..n).
 
-Then ``[START] A [END]`` (dep: ``[START] A [MID] B [END]``) is appended, where a parameter name
+The ``regret`` task instead appends ``Define A as`` at a boundary (:func:`regret_ids`) and is read at
+its last token. Otherwise ``[START] A [END]`` (dep: ``[START] A [MID] B [END]``) is appended, where a parameter name
 is encoded as ``tokenizer.encode(" " + name)``: in the text every name follows a space
 ("each A's B", "Define A's B", "does A have"), which both tokenizers encode with the space in
 the first token of the name.
@@ -103,6 +104,14 @@ def query_ids(tokenizer, prefix: Sequence[int], a_name: str, b_name: Optional[st
     return out + [tokenizer.end_id]
 
 
+def regret_ids(tokenizer, prefix: Sequence[int], a_name: str, first: bool) -> list[int]:
+    """``prefix + "Define A as"``, the regret probe's input: the beginning of a solution sentence
+    exactly as the example would encode it (``first``: the solution's first sentence, encoded as
+    the start of the solution part), read at its last token "as"."""
+    text = f"Define {a_name} as"
+    return list(prefix) + (encode_part(tokenizer, text) if first else tokenizer.encode(" " + text))
+
+
 def collate_pairs(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad ``ids`` to the longest row; ``end`` = each row's last real index (its ``[END]``).
     Rows with a ``solved`` flag (1, 0, -1 = unknown) also give ``solved`` [B]."""
@@ -154,8 +163,11 @@ def problem_pairs(tokenizer, problem: Problem, task: str, rng, draws: int = 10) 
     tokens = ProblemTokens(tokenizer, problem)
     out = []
     for pos, a, b in draw_queries(problem, task, rng, draws):
-        ids = query_ids(tokenizer, tokens.ids[: tokens.cut(task, pos)], problem.param_name(a),
-                        problem.param_name(b) if b is not None else None)
+        if task == "regret":  # read where the step is written, not at an appended [END]
+            ids = regret_ids(tokenizer, tokens.ids[: tokens.cut(task, pos)], problem.param_name(a), pos == 0)
+        else:
+            ids = query_ids(tokenizer, tokens.ids[: tokens.cut(task, pos)], problem.param_name(a),
+                            problem.param_name(b) if b is not None else None)
         out.append({"ids": ids, "label": labels.label(task, a, b, pos),
                     "dist": labels.distance(a) if task == "nece" else -1,
                     "position": pos, "a": a, "b": b})
@@ -326,6 +338,6 @@ class ProbeDataModule(pl.LightningDataModule if pl is not None else object):
 
 
 __all__ = [
-    "PROBE_STREAM", "HELDOUT_STREAM", "DONOR_STREAM", "encode_part", "name_ids", "sentence_ids", "ProblemTokens", "query_ids",
+    "PROBE_STREAM", "HELDOUT_STREAM", "DONOR_STREAM", "encode_part", "regret_ids", "name_ids", "sentence_ids", "ProblemTokens", "query_ids",
     "collate_pairs", "PairCollate", "probe_problem", "problem_pairs", "ProbeDataset", "ResumeSampler", "ProbeDataModule",
 ]

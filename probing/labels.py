@@ -19,7 +19,16 @@ task            label of (A[, B]) at the position             position
 ``value``       A's value (0..22) if known, else 23           same
 ``can_next``    A is not known and all its inputs are known   same
 ``nece_next``   can_next(A) and nece(A)                       same
+``regret``      A is not computable yet (not can_next(A)):    boundary j = 0..len(solution) - 1, then
+                "Define A as" would be a mistake              ``Define A as`` (no ``[START] A [END]``:
+                                                              read at "as", where a model writing
+                                                              the step would be)
 ==============  ============================================  =====================================
+
+``regret`` (Part 2.2's "I made a mistake" probe, on request: not in the default ``TASKS``) draws
+its candidates balanced: as many wrong steps (A neither known nor computable: an input is not
+computed yet, the mistakes of retry data and the verifier's ``not_ready``) as correct next steps
+(A ``nece_next``), each uniform over the (boundary, A) pairs of its kind.
 
 A literal (RNG) input is always "known", so a constant parameter (or an abstract one with no
 children) is ``can_next`` until it is computed. Positions are indices: ``0`` for ``nece`` and
@@ -33,11 +42,12 @@ import random
 from collections import deque
 from typing import Optional
 
-from igsm.config import PROBE_TASKS
+from igsm.config import PROBE_EXTRA_TASKS, PROBE_TASKS
 from igsm.problem import Param, Problem
 
 TASKS = PROBE_TASKS  # ("nece", "dep", "known", "value", "can_next", "nece_next"), defined in igsm.config
-NUM_CLASSES = {"nece": 2, "dep": 2, "known": 2, "value": 24, "can_next": 2, "nece_next": 2}
+ALL_TASKS = PROBE_TASKS + PROBE_EXTRA_TASKS  # plus "regret"
+NUM_CLASSES = {"nece": 2, "dep": 2, "known": 2, "value": 24, "can_next": 2, "nece_next": 2, "regret": 2}
 PAIR_TASKS = frozenset({"dep"})  # the query names two parameters: [START] A [MID] B [END]
 BOUNDARY_TASKS = frozenset({"known", "value", "can_next", "nece_next"})  # cut at solution boundaries
 UNKNOWN_VALUE = 23  # value class of a parameter that is not computed yet
@@ -45,8 +55,8 @@ MAX_DISTANCE = 8  # nece-by-distance (paper Result 8) reports t = 1..MAX_DISTANC
 
 
 def check_task(task: str) -> str:
-    if task not in TASKS:
-        raise ValueError(f"probe task {task!r} is unknown; allowed: {list(TASKS)}")
+    if task not in ALL_TASKS:
+        raise ValueError(f"probe task {task!r} is unknown; allowed: {list(ALL_TASKS)}")
     return task
 
 
@@ -58,6 +68,8 @@ def graph_params(problem: Problem) -> list[Param]:
 def n_positions(problem: Problem, task: str) -> int:
     """How many probing positions a task has in this problem (boundary tasks: sentences + 1)."""
     check_task(task)
+    if task == "regret":  # before each solution sentence: there is a next step to write
+        return len(problem.solution_order)
     return len(problem.solution_order) + 1 if task in BOUNDARY_TASKS else 1
 
 
@@ -124,6 +136,9 @@ class ProblemLabels:
             if b is None:
                 raise ValueError("dep needs two parameters (A depends on B)")
             return int(b in self.ancestors(a))
+        if task == "regret":
+            j = position
+            return int(not (self.ready[a] <= j < self.step.get(a, self.INF)))  # not can_next
         if task not in BOUNDARY_TASKS:
             check_task(task)
         j = position
@@ -138,6 +153,14 @@ class ProblemLabels:
         if task == "can_next":
             return int(can_next)
         return int(can_next and a in self.necessary)  # nece_next
+
+    def regret_candidates(self, j: int) -> tuple[list[Param], list[Param]]:
+        """(wrong, right) next steps at boundary j: A neither known nor computable yet (label 1),
+        and the correct next steps, A ``nece_next`` (label 0)."""
+        inf = self.INF
+        wrong = [p for p in self.params if self.step.get(p, inf) > j and self.ready[p] > j]
+        right = [p for p in self.params if p in self.necessary and self.ready[p] <= j < self.step.get(p, inf)]
+        return wrong, right
 
     def distance(self, a: Param) -> int:
         """Distance from A to the question (0 for the question, -1 when A is not an ancestor)."""
@@ -156,6 +179,8 @@ def draw_queries(problem: Problem, task: str, rng: random.Random, n: int = 10) -
     G without A. Repeated draws are dropped, so a small problem can yield fewer than ``n``.
     """
     check_task(task)
+    if task == "regret":
+        return draw_regret_queries(problem, rng, n)
     params = graph_params(problem)
     n_pos = n_positions(problem, task)
     pair = task in PAIR_TASKS
@@ -178,7 +203,24 @@ def draw_queries(problem: Problem, task: str, rng: random.Random, n: int = 10) -
     return out
 
 
+def draw_regret_queries(problem: Problem, rng: random.Random, n: int = 10) -> list[tuple]:
+    """Up to ``n`` distinct ``(position, A, None)`` regret draws, exactly balanced: the same number
+    ``min(n // 2, wrong, right)`` of wrong steps (label 1) and of correct next steps (label 0), each
+    drawn uniformly without repeats from all (boundary, A) pairs of its kind; shuffled."""
+    labels = ProblemLabels(problem)
+    pools: tuple[list, list] = ([], [])
+    for j in range(n_positions(problem, "regret")):
+        wrong, right = labels.regret_candidates(j)
+        pools[0].extend((j, a, None) for a in wrong)
+        pools[1].extend((j, a, None) for a in right)
+    m = min(n // 2, len(pools[0]), len(pools[1]))
+    out = rng.sample(pools[0], m) + rng.sample(pools[1], m)
+    rng.shuffle(out)
+    return out
+
+
 __all__ = [
+    "ALL_TASKS", "draw_regret_queries",
     "TASKS", "NUM_CLASSES", "PAIR_TASKS", "BOUNDARY_TASKS", "UNKNOWN_VALUE", "MAX_DISTANCE",
     "check_task", "graph_params", "n_positions", "question_distances", "ProblemLabels", "label",
     "draw_queries",

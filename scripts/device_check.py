@@ -30,22 +30,35 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_S = 480  # the whole check: 8 minutes
 
-# (module imported by igsm or the check, the wheel that provides it)
+# (module that igsm or the check imports, the wheel that provides it): only modules some code of
+# igsm, probing, train.py, probe.py, benchmarks/ or this check imports (tests/test_device_check.py
+# checks both ways). Not antlr4: omegaconf 2.4 vendors its parser runtime (2.3 installs it itself,
+# and an omegaconf that fails to import names the module it lacks, below).
 REQUIREMENTS = (
     ("torch", "torch"), ("lightning", "lightning"), ("torchmetrics", "torchmetrics"),
-    ("omegaconf", "omegaconf"), ("antlr4", "antlr4-python3-runtime"), ("yaml", "PyYAML"),
-    ("numpy", "numpy"), ("networkx", "networkx"), ("tensorboard", "tensorboard"),
-    ("tiktoken", "tiktoken"), ("pytest", "pytest"),
+    ("omegaconf", "omegaconf"), ("yaml", "PyYAML"), ("numpy", "numpy"), ("networkx", "networkx"),
+    ("tensorboard", "tensorboard"), ("tiktoken", "tiktoken"), ("matplotlib", "matplotlib"),
+    ("pytest", "pytest"),
 )
+# Modules igsm imports that no step of the check needs, and why.
+NOT_NEEDED = {
+    "scipy": "python -m igsm stats' chi-square test only (the dev extra)",
+    "transformers": "Hugging Face export and checkpoints (the hf extra)",
+    "pyarrow": "Parquet datasets (the hf extra)",
+    "triton": "comes with a CUDA build of torch; igsm.compile_check names it when missing",
+}
+# The wheel of a module a package imports without declaring it as ours (omegaconf 2.3's parser).
+WHEEL_OF = {"antlr4": "antlr4-python3-runtime", "yaml": "PyYAML"}
 WHEELS_HINT = ("python3 -m pip download --no-deps --only-binary=:all: -d .whl omegaconf==2.4.0 "
-               "antlr4-python3-runtime==4.13.2 (scripts/device_wheels.sh), then carry .whl")
+               "(scripts/device_wheels.sh), then carry .whl")
 
 
 @dataclass
@@ -54,7 +67,7 @@ class Step:
     title: str
     cap_s: float  # the step's own time limit
     commands: list[list[str]]  # run in order, all within cap_s
-    figures: Callable[[str, "Step"], dict]  # from the combined output
+    figures: Callable[[str, Step], dict]  # from the combined output
     ok_if: Callable[[list[int], dict], bool] = lambda rcs, figs: all(rc == 0 for rc in rcs)
     takes_slack: bool = False  # may also use the time earlier steps left unused (the small run)
 
@@ -67,14 +80,18 @@ def wheel_paths(folder: Path) -> list[str]:
 
 
 def missing_requirements(requirements=REQUIREMENTS) -> list[str]:
-    """The wheels whose module cannot be imported (omegaconf counts as missing without antlr4)."""
+    """The wheels whose module cannot be imported; omegaconf is imported, so that a dependency
+    it lacks (omegaconf 2.3 without antlr4) is named too."""
     missing = []
     for module, wheel in requirements:
         try:
             if importlib.util.find_spec(module) is None:
                 missing.append(wheel)
             elif module == "omegaconf":
-                import omegaconf  # noqa: F401  (fails here when antlr4 is absent)
+                import omegaconf  # noqa: F401
+        except ModuleNotFoundError as e:
+            name = (e.name or module).split(".")[0]
+            missing.append(wheel if name == module else WHEEL_OF.get(name, name))
         except ImportError:
             missing.append(wheel)
     return missing
@@ -216,7 +233,8 @@ def build_steps(smoke: bool, logs: Path) -> list[Step]:
     quiet = ["trainer.enable_progress_bar=false"]
     ckpt = logs / "small" / "version_0" / "checkpoints" / "last.ckpt"
     return [
-        Step("a", "pytest -m gpu", caps["a"], [[py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *gpu_tests]],
+        Step("a", "pytest -m gpu", caps["a"],
+             [[py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *gpu_tests]],
              pytest_figures,
              ok_if=lambda rcs, f: rcs[0] == 0 and f.get("failed", 0) == 0 and (smoke or f.get("passed", 0) > 0)),
         Step("b", "train throughput", caps["b"], [[py, "benchmarks/train_throughput.py", *train_bench]], train_figures),
@@ -237,8 +255,9 @@ def child_train(deadline: float, argv: list[str]) -> int:
     """train.py with a callback that stops training at ``deadline`` (epoch seconds), leaving time for
     its evaluation; writes how far it got to ``device_check_train.json`` in the run folder."""
     sys.path.insert(0, str(ROOT))
-    import train
     from lightning.pytorch.callbacks import Callback
+
+    import train
 
     class StopAtDeadline(Callback):
         def __init__(self) -> None:
@@ -299,7 +318,8 @@ def run_step(step: Step, cap_s: float, env: dict) -> dict:
     ok = not timed_out and len(rcs) == len(step.commands) and step.ok_if(rcs, figures)
     result = {"step": step.key, "title": step.title, "ok": ok, "seconds": round(seconds, 1),
               "cap_seconds": round(cap_s, 1),
-              "cpu_seconds": round(_children_cpu_seconds() - cpu_start, 1), "timed_out": timed_out, "exit_codes": rcs, "figures": figures,
+              "cpu_seconds": round(_children_cpu_seconds() - cpu_start, 1), "timed_out": timed_out,
+              "exit_codes": rcs, "figures": figures,
               "commands": [" ".join(c) for c in step.commands]}
     if not ok:
         result["output_tail"] = out[-3000:]
@@ -350,8 +370,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--child-train"]:
         return child_train(float(argv[1]), argv[3:])
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="every step on CPU at toy sizes (< 2 minutes)")
     p.add_argument("--out", default="device_check.json", help="the JSON report (default device_check.json)")
     p.add_argument("--logs", default=None, help="run folders of step e (default logs/device_check_<time>)")

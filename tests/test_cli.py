@@ -43,6 +43,19 @@ def test_generate_is_deterministic_across_worker_counts(tmp_path, subprocess_env
     assert a.read_text() == b.read_text()
 
 
+def test_generate_op_sampling_uniform_draws_more_hard_problems(subprocess_env):
+    """--op-sampling uniform: op = max_op is 1 in max_op (tiny: 4), not 1 in max_op^2 (16);
+    the default stays the stream it always was (min2)."""
+    r = run(["generate", "--preset", "tiny", "--n", "400", "--op-sampling", "uniform"], subprocess_env)
+    assert r.returncode == 0, r.stderr
+    ops = [json.loads(line)["op"] for line in r.stdout.splitlines()]
+    assert ops.count(4) > 60 and "uniform on 1..4" in r.stderr
+    default = run(["generate", "--preset", "tiny", "--n", "400"], subprocess_env)
+    explicit = run(["generate", "--preset", "tiny", "--n", "400", "--op-sampling", "min2"], subprocess_env)
+    ops = [json.loads(x)["op"] for x in default.stdout.splitlines()]
+    assert default.stdout == explicit.stdout and ops.count(4) < 50
+
+
 @pytest.mark.parametrize("args,fragment", [
     (["generate", "--preset", "med", "--op", "0", "--out", "{tmp}/x.jsonl"], "op=0"),
     (["generate", "--preset", "med", "--world", "{tmp}/none.json", "--out", "{tmp}/x.jsonl"], "none.json"),

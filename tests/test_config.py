@@ -10,9 +10,15 @@ import pytest
 
 from igsm.cli_config import available_presets, config_from_dict, config_to_dict, config_to_yaml, load_config
 from igsm.config import (
-    EVAL_BUCKETS, GENERATOR_PRESETS, ConfigError, TrainConfig, accumulation, parse_bucket,
+    EVAL_BUCKETS,
+    GENERATOR_PRESETS,
+    ConfigError,
+    TrainConfig,
+    accumulation,
+    bucket_generator_config,
+    generator_config,
+    parse_bucket,
 )
-
 
 TRAIN_PRESETS = [p for p in available_presets() if not p.startswith("probe")]  # probe_*.yaml: probe.py's schema
 
@@ -71,7 +77,8 @@ def test_default_is_tiny_and_cli_overrides_win() -> None:
 
 
 def test_data_preset_is_the_base_of_the_generator_fields() -> None:
-    cfg = load_config(TrainConfig, ["data.preset=med", "data.tokenizer=gpt2", "data.context=768", "model.block_size=1024"])
+    cfg = load_config(TrainConfig, ["data.preset=med", "data.tokenizer=gpt2", "data.context=768",
+                                    "model.block_size=1024"])
     assert (cfg.data.max_op, cfg.data.max_ip, cfg.data.families) == (15, 20, None)
     cfg = load_config(TrainConfig, ["data.preset=med", "data.max_op=21", "data.tokenizer=gpt2",
                                     "data.context=1024", "model.block_size=1024"])
@@ -112,6 +119,10 @@ def test_config_file_layer_and_round_trip(tmp_path) -> None:
     (["data.preset=huge"], ["data.preset='huge'", "med"]),
     (["model.block_size=128"], ["model.block_size=128", "data.context"]),
     (["optim.lr=0"], ["optim.lr=0", "> 0"]),
+    (["optim.name=sgd"], ["optim.name='sgd'", "'adamw', 'muon'"]),
+    (["optim.muon_lr=0"], ["optim.muon_lr=0", "> 0"]),
+    (["optim.muon_momentum=1.0"], ["optim.muon_momentum=1.0", "[0, 1)"]),
+    (["data.op_sampling=flat"], ["data.op_sampling='flat'", "'min2', 'uniform'"]),
     (["eval.buckets=[x1]"], ["eval.buckets", "'x1'", "reaskN"]),
     (["eval.buckets=[3,3]"], ["eval.buckets", "twice"]),
     (["preset=med", "data.global_batch_size=100"], ["data.global_batch_size=100", "multiple of"]),
@@ -126,6 +137,26 @@ def test_bad_settings_fail_with_one_line_naming_key_and_value(argv, must_contain
     assert "\n" not in message
     for part in must_contain:
         assert part in message, message
+
+
+def test_muon_without_torch_optim_muon_names_the_torch_version_needed(monkeypatch) -> None:
+    import torch
+
+    monkeypatch.delattr(torch.optim, "Muon", raising=False)
+    with pytest.raises(ConfigError) as info:
+        load_config(TrainConfig, ["optim.name=muon"])
+    assert "\n" not in str(info.value) and "optim.name='muon'" in str(info.value)
+    assert "torch >= 2.9" in str(info.value)
+    assert load_config(TrainConfig, []).optim.name == "adamw"  # AdamW runs need no Muon
+
+
+def test_op_sampling_reaches_the_training_stream_but_not_the_eval_buckets() -> None:
+    """data.op_sampling=uniform changes the training stream; "<=N" buckets keep the paper's mix,
+    so runs with either mix are graded on the same problems."""
+    cfg = load_config(TrainConfig, ["data.op_sampling=uniform"])
+    assert generator_config(cfg.data).op_sampling == "uniform"
+    assert bucket_generator_config(cfg.data, parse_bucket("<=4")).op_sampling == "min2"
+    assert load_config(TrainConfig, []).data.op_sampling == "min2"
 
 
 def test_bucket_grammar() -> None:
@@ -153,6 +184,8 @@ def test_print_config_exits_without_training(repo_root, subprocess_env, tmp_path
                        cwd=tmp_path, env=subprocess_env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "max_steps: 3" in r.stdout and "preset: tiny" in r.stdout
+    for key in ("name: adamw", "muon_lr: 0.02", "muon_momentum: 0.95", "op_sampling: min2"):
+        assert key in r.stdout, key
     assert not (tmp_path / "logs").exists()
 
 

@@ -115,7 +115,7 @@ def test_letter_slots_mark_every_new_letter_with_the_letters_used_before(dm: IGS
     ds.letters, ds.whole_problems_only = (define_id, {t: k for k, t in enumerate(letter_ids)}), False
     batch = ds.batch(0)
     targets, used = batch["targets"].flatten().tolist(), batch["letter_used"].flatten().tolist()
-    expected, seen, n_slots = [], 0, 0
+    expected = []
     # rebuild the expectation from the text: the letters of each solution, in order
     j = 0
     while len(expected) < len(targets):

@@ -3,10 +3,12 @@ slots), the one-line prerequisite error, and the parsing of the GPU benchmarks' 
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,9 +52,66 @@ def test_a_missing_package_names_its_wheel(device_check) -> None:
     requirements = (("torch", "torch"), ("surely_not_installed_xyz", "xyz-wheel"))
     missing = device_check.missing_requirements(requirements)
     assert missing == ["xyz-wheel"]
-    line = device_check.prerequisite_line(["omegaconf", "antlr4-python3-runtime"])
-    assert "\n" not in line and "omegaconf" in line and "antlr4-python3-runtime" in line and ".whl" in line
+    line = device_check.prerequisite_line(["omegaconf", "matplotlib"])
+    assert "\n" not in line and "omegaconf" in line and "matplotlib" in line and ".whl" in line
     assert device_check.missing_requirements() == []  # this environment has everything
+
+
+def _imported_modules(root: Path) -> set[str]:
+    """Top-level names of the third-party modules that igsm, probing, the entry points, the
+    benchmarks, the tests and the check import anywhere (lazy imports included)."""
+    files = [*root.glob("igsm/**/*.py"), *root.glob("probing/**/*.py"), *root.glob("benchmarks/*.py"),
+             *root.glob("tests/*.py"), root / "train.py", root / "probe.py", root / "scripts" / "device_check.py"]
+    local = {"igsm", "probing", "train", "probe", "conftest"} | {f.stem for f in files}
+    names = set()
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - local
+
+
+def test_required_modules_are_exactly_what_the_code_imports(device_check, repo_root) -> None:
+    """The check asks for no package that nothing imports (antlr4: omegaconf 2.4 vendors it), and
+    every package the code imports is either asked for or named as not needed, with its reason."""
+    required = {module for module, _ in device_check.REQUIREMENTS}
+    imported = _imported_modules(repo_root)
+    assert required - imported == set(), "asked for, imported by nothing"
+    assert imported - required - set(device_check.NOT_NEEDED) == set(), "imported, neither asked for nor excused"
+    assert set(device_check.NOT_NEEDED) <= imported and not required & set(device_check.NOT_NEEDED)
+
+
+def test_without_antlr4_nothing_is_missing(repo_root, subprocess_env) -> None:
+    """omegaconf 2.4 imports without antlr4-python3-runtime (it vendors the parser): the check runs."""
+    import omegaconf
+
+    if tuple(int(x) for x in omegaconf.__version__.split(".")[:2]) < (2, 4):
+        pytest.skip("omegaconf < 2.4 needs antlr4")
+    code = ("import sys, importlib.util; sys.modules['antlr4'] = None  # import antlr4 fails from here on\n"
+            "spec = importlib.util.spec_from_file_location('device_check', 'scripts/device_check.py')\n"
+            "m = importlib.util.module_from_spec(spec); sys.modules['device_check'] = m; spec.loader.exec_module(m)\n"
+            "print(m.missing_requirements())")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo_root, env=subprocess_env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
+
+
+def test_a_dependency_omegaconf_lacks_is_named(device_check, monkeypatch) -> None:
+    """omegaconf 2.3 without antlr4 fails to import: the line names antlr4's wheel, not omegaconf."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "omegaconf":
+            raise ModuleNotFoundError("No module named 'antlr4'", name="antlr4")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    assert device_check.missing_requirements((("omegaconf", "omegaconf"),)) == ["antlr4-python3-runtime"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
@@ -75,15 +134,16 @@ def test_gpu_output_is_parsed(device_check) -> None:
 (2) Lightning (train.py's Trainer)                505,000 tokens/s, MFU 42.6%
 (3) Lightning + IGSMDataModule, workers=6         503,100 tokens/s, MFU 42.4%
 Lightning / plain loop: 0.986; real data / synthetic: 0.996
-data pipeline, this run (med, gpt2 tokenizer, loss on all, one worker): 210,000 tokens/s = 2.40 workers' worth of the training step (6 configured)
-"""
+""" + ("data pipeline, this run (med, gpt2 tokenizer, loss on all, one worker): 210,000 tokens/s = 2.40 workers' "
+       "worth of the training step (6 configured)\n")
     figs = device_check.train_figures(train_out, None)
     assert figs["plain_tokens_per_s"] == 512345 and figs["plain_mfu_pct"] == 43.2
     assert figs["lightning_real_data_mfu_pct"] == 42.4 and figs["real_over_synthetic"] == 0.996
     assert figs["workers_needed"] == 2.4 and figs["model"].startswith("GPT2-12-12")
     decode_out = "65536 new tokens in 0.512 s (best of 3, prefill included): 128,000 new tokens/s\n"
     assert device_check.decode_figures(decode_out, None)["new_tokens_per_s"] == 128000
-    probe_out = "probe training: 4,096 pairs/s (1,300,000 tokens/s, 62.5 ms/step)\nprobe data (one process): 900 pairs/s\n"
+    probe_out = ("probe training: 4,096 pairs/s (1,300,000 tokens/s, 62.5 ms/step)\n"
+                 "probe data (one process): 900 pairs/s\n")
     assert device_check.probe_figures(probe_out, None) == {
         "pairs_per_s": 4096, "tokens_per_s": 1300000, "ms_per_step": 62.5, "data_pairs_per_s_one_process": 900}
     assert device_check.pytest_figures("12 passed, 1 skipped, 280 deselected in 60.1s\n", None) == {

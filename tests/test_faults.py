@@ -306,3 +306,40 @@ def test_an_evaluation_batch_out_of_memory_halves_and_matches_the_smaller_batch(
                                            out_dir=tmp_path / "b")
     assert halved == small and halved_generations == small_generations
     assert len(small_generations) == 16
+
+
+def analyse(monkeypatch, batch_size: int, fits: int | None) -> tuple[dict, list[int]]:
+    """run_analysis of an untrained 1-layer model on 8 + 8 tiny problems; with ``fits``, decoding
+    more than that many prompts at once raises torch.OutOfMemoryError."""
+    from types import SimpleNamespace
+
+    import probing.analysis as analysis
+    from igsm.config import AnalysisConfig, ModelConfig, build_data_tokenizer, generator_config
+    from igsm.model import GPT
+
+    real, sizes = analysis.greedy_decode, []
+
+    def decode(model, prompts, **kw):
+        sizes.append(len(prompts))
+        if fits is not None and len(prompts) > fits:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated by the test)")
+        return real(model, prompts, **kw)
+    monkeypatch.setattr(analysis, "greedy_decode", decode)
+    data = load_config(TrainConfig, []).data
+    tok = build_data_tokenizer(data)
+    torch.manual_seed(0)
+    backbone = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=512), tok.vocab_size)
+    module = SimpleNamespace(backbones={"trained": backbone}, tasks=["nece"])
+    cfg = AnalysisConfig(n=8, batch_size=batch_size, max_new_tokens=12)
+    return analysis.run_analysis(module, tok, generator_config(data), cfg), sizes
+
+
+def test_an_analysis_batch_out_of_memory_halves_and_matches_the_smaller_batch(monkeypatch, capsys) -> None:
+    """The error analysis decodes as evaluation does: a batch that runs out of memory is retried in
+    halves, the smaller size kept for the rest (the test set too), with the results of that size."""
+    halved, sizes = analyse(monkeypatch, batch_size=8, fits=4)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "out of memory" in line]
+    assert len(warnings) == 1 and "decoding 8 analysis prompts" in warnings[0] and "going on with 4" in warnings[0]
+    assert sizes[:2] == [8, 4] and set(sizes[2:]) == {4} and sum(sizes[1:]) == 16
+    small, _ = analyse(monkeypatch, batch_size=4, fits=None)
+    assert halved == small and halved["sets"]["reask"]["n"] == halved["sets"]["test"]["n"] == 8

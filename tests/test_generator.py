@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from igsm import ABS, INST, ConfigError, GenerationError, generator_preset, generate_problem
-from igsm.generator import generate, problem_rng
+from igsm.generator import generate, problem_rng, sample_op
 from igsm.marginals import chi_square_op, compare, marginals, solution_steps
 from igsm.problem import MOD, Problem
 from igsm.render import solution_template, template_hash
@@ -108,6 +108,46 @@ def test_op_histogram_matches_training_distribution():
     assert pvalue > 0.001
 
 
+def test_default_op_sampling_is_the_min_of_two_draws_unchanged():
+    """op_sampling=min2 (the default) draws exactly what the generator always drew: existing
+    streams stay bit-identical."""
+    cfg = generator_preset("med")
+    assert cfg.op_sampling == "min2"
+    a, b = random.Random(5), random.Random(5)
+    assert [sample_op(cfg, a) for _ in range(2000)] == [min(b.randint(1, 15), b.randint(1, 15)) for _ in range(2000)]
+
+
+@pytest.mark.parametrize("op_sampling, max_op", [("min2", 4), ("min2", 15), ("uniform", 4), ("uniform", 15)])
+def test_op_sampling_distributions(op_sampling, max_op):
+    """min2: P(op = k) = (2(max_op - k) + 1) / max_op^2; uniform: 1 / max_op (chi-square, 40,000 draws)."""
+    from scipy.stats import chisquare
+
+    cfg = generator_preset("med", max_op=max_op, op_sampling=op_sampling)
+    rng, n = random.Random(11), 40_000
+    ops = [sample_op(cfg, rng) for _ in range(n)]
+    observed = [ops.count(k) for k in range(1, max_op + 1)]
+    p = {"min2": lambda k: (2 * (max_op - k) + 1) / max_op**2, "uniform": lambda k: 1 / max_op}[op_sampling]
+    assert sum(observed) == n and chisquare(observed, [n * p(k) for k in range(1, max_op + 1)])[1] > 0.001
+    other = {"min2": lambda k: 1 / max_op, "uniform": lambda k: (2 * (max_op - k) + 1) / max_op**2}[op_sampling]
+    assert chisquare(observed, [n * other(k) for k in range(1, max_op + 1)])[1] < 1e-6  # the test can fail
+
+
+def test_uniform_op_sampling_generates_a_flat_op_histogram():
+    ops = [p.op for p in sample("tiny", 800, seed=12, op_sampling="uniform")]
+    from scipy.stats import chisquare
+
+    observed = [ops.count(k) for k in range(1, 5)]
+    assert chisquare(observed)[1] > 0.001, observed  # flat: op = 4 is 1 in 4, not 1 in 16
+    assert observed[3] > 800 / 8
+
+
+def test_uniform_op_sampling_still_redraws_ops_without_test_templates():
+    """The test split: op = 1 has no test template; its draws are redrawn after REDRAW_OP_AFTER misses."""
+    cfg = generator_preset("tiny", split="test", op_sampling="uniform")
+    ops = [generate_problem(cfg, problem_rng(0, "redraw", i)).op for i in range(60)]
+    assert 1 not in ops and set(ops) == {2, 3, 4}
+
+
 @pytest.mark.parametrize("preset", ["med", "hard"])
 def test_reference_marginals(preset):
     # 3,000 problems: the tolerances are wide enough for this sample (the acceptance run uses 20,000)
@@ -153,6 +193,7 @@ def test_generator_modules_import_no_torch(subprocess_env):
     ({"max_op": 0}, "max_op"), ({"max_ip": 1}, "max_ip"), ({"fmt": "xy"}, "fmt"), ({"split": "dev"}, "split"),
     ({"min_width": 1}, "min_width"), ({"max_layers": 5}, "max_layers"), ({"op": 99}, "op"),
     ({"group_size": 2}, "group_size"), ({"split_boundary": 0}, "split_boundary"),
+    ({"op_sampling": "flat"}, "op_sampling"),
 ])
 def test_bad_generator_configs_are_rejected_by_name(overrides, key):
     with pytest.raises(ConfigError, match=key):

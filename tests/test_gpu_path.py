@@ -104,7 +104,7 @@ def documented_commands() -> list[tuple[str, list[str]]]:
             if '"${ARGS[@]}"' in args:
                 array = re.search(r"^ARGS=\((.*)\)$", text, flags=re.M).group(1)
                 for _ in range(3):  # variables defined through other variables
-                    array = re.sub(r"\$\{(\w+)\}", lambda v: variables.get(v.group(1), v.group(0)), array)
+                    array = re.sub(r"\$\{(\w+)\}", lambda v, env=variables: env.get(v.group(1), v.group(0)), array)
                 array = re.sub(r"\$\{(\w+)\}", lambda v: v.group(1).lower(), array)  # computed ($(...)): a stand-in
                 args = [a for a in args if a != '"${ARGS[@]}"'] + shlex.split(array)
             # resuming needs a run on disk; "ckpt=..." stands for a path; the rest must pass as written

@@ -82,6 +82,41 @@ def test_export_folder_loads_offline_and_logits_match(exported):
     assert (ours - theirs).abs().max().item() <= 1e-4
 
 
+@pytest.mark.parametrize("n_embd, rope_dim", [(32, 4), (32, 0), (52, 6)])  # a quarter, NoPE, 6 of 26 dims
+def test_partial_rope_exports_as_rotary_pct_with_equal_logits(tmp_path, n_embd, rope_dim):
+    _need_hf()
+    from igsm import hf
+
+    tok = _tokenizer("word")
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=n_embd, block_size=128, rope_dim=rope_dim),
+                tok.vocab_size).eval()
+    folder = hf.export_model(model, tok, tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    head = n_embd // 2
+    assert int(head * config["rotary_pct"]) == rope_dim
+    assert int(head * config["rope_parameters"]["partial_rotary_factor"]) == rope_dim
+    hf_model, _ = _hf_load(folder)
+    idx = torch.randint(0, tok.vocab_size, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (model(idx).logits - hf_model(idx).logits).abs().max().item() <= 1e-4
+    back = hf.load_pretrained(folder).model
+    assert back.cfg.rope_dim == rope_dim
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values()))
+
+
+def test_a_canon_model_is_not_exported_one_line(tmp_path):
+    _need_hf()
+    from igsm import hf
+
+    tok = _tokenizer("word")
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=64, canon="AC"), tok.vocab_size)
+    with pytest.raises(hf.InteropError) as e:
+        hf.export_model(model, tok, tmp_path / "m")
+    assert "model.canon='AC'" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "m").exists()
+
+
 def test_generate_reproduces_greedy_decode(exported):
     model, tok, folder = exported
     hf_model, _ = _hf_load(folder)
@@ -164,7 +199,7 @@ def test_round_trip_is_bit_identical(exported, tmp_path):
         assert torch.equal(t, theirs[name]), name
     assert back.model.lm_head.weight is back.model.wte.weight
     again = hf.export_model(back.model, back.tokenizer, tmp_path / "again")
-    assert GPT.from_pretrained(again).state_dict().keys() == theirs.keys()
+    assert hf.load_pretrained(again).model.state_dict().keys() == theirs.keys()
 
 
 def test_round_trip_without_biases(tmp_path):
@@ -173,7 +208,7 @@ def test_round_trip_without_biases(tmp_path):
 
     tok = _tokenizer("word")
     model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=64, bias=False), tok.vocab_size)
-    back = GPT.from_pretrained(hf.export_model(model, tok, tmp_path / "nobias"))
+    back = hf.load_pretrained(hf.export_model(model, tok, tmp_path / "nobias")).model
     assert not back.cfg.bias
     for name, t in model.state_dict().items():
         assert torch.equal(t, back.state_dict()[name]), name
@@ -194,7 +229,8 @@ def test_folder_without_igsm_json_loads_as_gpt2(tmp_path):
     assert all(torch.equal(t, back.model.state_dict()[k]) for k, t in model.state_dict().items())
 
 
-@pytest.mark.parametrize("key,value", [("use_parallel_residual", True), ("rotary_pct", 0.25), ("model_type", "llama")])
+@pytest.mark.parametrize("key,value", [("use_parallel_residual", True), ("rotary_pct", 0.3125),
+                                       ("model_type", "llama")])
 def test_unsupported_config_is_one_clear_error(tmp_path, key, value):
     _need_hf()
     from igsm import hf
@@ -237,13 +273,14 @@ def train_ckpt(tmp_path_factory):
 
 def test_export_command_then_probe_the_folder(train_ckpt, tmp_path, capsys):
     _need_hf()
+    from igsm import hf
     from igsm.lit import GPTLitModule
 
     out = tmp_path / "export"
     assert cli.main(["export", str(train_ckpt), "--out", str(out)]) == 0
     assert "AutoModelForCausalLM" in capsys.readouterr().out
     lit = GPTLitModule.load_from_checkpoint(str(train_ckpt), map_location="cpu", weights_only=False)
-    back = GPT.from_pretrained(out)
+    back = hf.load_pretrained(out).model
     assert all(torch.equal(t, back.state_dict()[k]) for k, t in lit.model.state_dict().items())
     hf_model, hf_tok = _hf_load(out)
     p = _problems("tiny", 1)[0]

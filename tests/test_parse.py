@@ -11,7 +11,6 @@ from igsm import ABS, INST, Problem, generate_problem, generator_preset, load_wo
 from igsm.generator import world_for
 from igsm.parse import ParseError, parse_problem, verify_text
 from igsm.verify import ERROR_KINDS, verify_solution_strict
-
 from test_verify import CONFIGS, _cfg, _mutate, problems
 
 

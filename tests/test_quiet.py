@@ -20,17 +20,17 @@ def test_harmless_warnings_are_dropped_and_real_ones_still_show():
         warnings.simplefilter("always")  # what an unsilenced run would show
         silence_harmless_noise()
         warnings.warn("Precision bf16-mixed is not supported by the model summary.  Estimated model size "
-                      "in MB will not be accurate. Using 32 bits instead.", UserWarning)
+                      "in MB will not be accurate. Using 32 bits instead.", UserWarning, stacklevel=1)
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec) "
-                      "and treespec.is_leaf()` instead.", FutureWarning)
+                      "and treespec.is_leaf()` instead.", FutureWarning, stacklevel=1)
         try:  # the real source where torch still has it
             from torch.utils._pytree import LeafSpec
 
             LeafSpec()
         except ImportError:
             pass
-        warnings.warn("Precision is not the issue here: a real warning", UserWarning)
-        warnings.warn("some real deprecation", DeprecationWarning)
+        warnings.warn("Precision is not the issue here: a real warning", UserWarning, stacklevel=1)
+        warnings.warn("some real deprecation", DeprecationWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["Precision is not the issue here: a real warning",
                                                 "some real deprecation"]
 

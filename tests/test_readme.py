@@ -20,7 +20,7 @@ def test_first_screen_holds_setup_main_job_picture_and_where_to_go(repo_root):
 
 
 @pytest.mark.parametrize("doc", ["README.md", "docs/dataset.md", "docs/training.md", "docs/probing.md",
-                                 "docs/measurements.md"])
+                                 "docs/measurements.md", "docs/contributing.md"])
 def test_relative_links_resolve(repo_root, doc):
     path = repo_root / doc
     for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):

@@ -152,7 +152,8 @@ def test_accuracy_vs_op_figure_draws_each_bucket_kind_at_its_op() -> None:
     # forced op test templates (op 3, 6), forced op training templates (op 2), op<=4 test templates at x = 4
     assert drawn == [("o", [3, 6], [37.5, 12.5]), ("s", [2], [50.0]), ("D", [4], [25.0])]
     assert ax.get_xlabel().startswith("op") and "accuracy" in ax.get_ylabel()
-    assert [t.get_text() for t in ax.get_legend().get_texts()][-1] == "op ≤ N mix (training distribution), test templates"
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[-1] == "op ≤ N mix (training distribution), test templates"
 
 
 def read_events(run: Path) -> dict[str, set[str]]:

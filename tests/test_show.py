@@ -8,8 +8,15 @@ from igsm import cli
 from igsm.config import generator_preset
 from igsm.generator import generate_problem, problem_rng
 from igsm.problem import ABS
-from igsm.show import (NECESSARY_FILL, QUESTION_EDGE, ShownProblem, dependency_graph, dependency_layout,
-                       describe, draw_problem)
+from igsm.show import (
+    NECESSARY_FILL,
+    QUESTION_EDGE,
+    ShownProblem,
+    dependency_graph,
+    dependency_layout,
+    describe,
+    draw_problem,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

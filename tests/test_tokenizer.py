@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 
 from igsm.tokenizer import (
+    _WORD_RE,
     GPT2_RANKS_FILE,
     GPT2_RANKS_SHA256,
+    RETRY_PIECES,
     WORD_SPECIALS,
     GPT2Tokenizer,
     WordTokenizer,
     build_tokenizer,
     tokenizer_from_dict,
-    _WORD_RE,
     world_texts,
 )
 from igsm.world import load_world, parse_world
@@ -98,7 +99,8 @@ def _texts(world, n: int, seed: int = 0) -> list[str]:
                 f"Define {param()} as {v}; so {v} = {n1}.",
                 f"Define {param()} as {v}; so {v} = {a} = {n1}.",
                 f"Define {param()} as {v}; so {v} = {a} {op} {b} = {n1} {op} {n2} = {n3}.",
-                f"Define {param()} as {v}; {t} = {a} - {b} = {n1} - {n2} = {n3}; so {v} = {n2} * {t} = {n2} * {n3} = {n1}.",
+                f"Define {param()} as {v}; {t} = {a} - {b} = {n1} - {n2} = {n3}; "
+                f"so {v} = {n2} * {t} = {n2} * {n3} = {n1}.",
             ]))
         return " ".join(sents)
 
@@ -173,7 +175,9 @@ def test_word_vocab_deterministic_and_world_dependent(world):
     a, b = build_tokenizer("word", world), WordTokenizer.from_world(world)
     assert a.vocab == b.vocab and a.vocab_size == len(a.vocab)
     assert a.vocab[: len(WORD_SPECIALS)] == WORD_SPECIALS
-    assert list(a.vocab[len(WORD_SPECIALS):]) == sorted(a.vocab[len(WORD_SPECIALS):])
+    # sorted, then retry data's retraction word (appended: the other ids did not move when it came)
+    body = a.vocab[len(WORD_SPECIALS): -len(RETRY_PIECES)]
+    assert list(body) == sorted(body) and a.vocab[-len(RETRY_PIECES):] == RETRY_PIECES
     small = WordTokenizer.from_world(_small_world())
     assert small.vocab == WordTokenizer.from_world(_small_world()).vocab and small.vocab_size < a.vocab_size
     for t in _texts(_small_world(), 30):  # a tokenizer of a small world still round-trips everything

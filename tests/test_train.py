@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import subprocess
@@ -19,6 +20,7 @@ from igsm.cli_config import config_to_dict, load_config
 from igsm.config import EVAL_BUCKETS, TrainConfig, parse_bucket
 from igsm.data import IGSMDataModule
 from igsm.lit import GPTLitModule, lr_multiplier, param_groups, uniform_letter_loss
+from igsm.optim import MuonAdamW, build_optimizer, newton_schulz
 from igsm.trainer import AtomicCheckpointIO, resolve_precision
 from igsm.verify import ERROR_KINDS
 
@@ -251,6 +253,107 @@ def test_train_py_end_to_end_writes_run_folder_and_eval_json(repo_root, one_thre
     assert module.cfg.trainer.max_steps == 4 and module.tokenizer.vocab_size == module.model.vocab_size
 
 
+def test_muon_steps_the_hidden_matrices_and_adamw_the_rest() -> None:
+    """optim.name=muon: Muon on every 2-D nn.Linear weight but the tied embedding / output head and
+    Canon layers (canon_*: AdamW whatever their shape); both under one optimizer object."""
+    cfg = load_config(TrainConfig, FAST + ["optim.name=muon", "optim.muon_lr=0.03", "optim.muon_momentum=0.9"])
+    module = GPTLitModule(config_to_dict(cfg), IGSMDataModule(cfg.data, cfg.eval, 0).tokenizer.to_dict())
+    block = module.model.blocks[0]
+    block.canon_x = torch.nn.Linear(8, 8, bias=False)  # a Canon layer written as a Linear
+    block.canon_y = torch.nn.Conv1d(8, 8, 3, groups=8, bias=False)  # [channels, 1, k]
+    names = {id(p): n for n, p in module.model.named_parameters()}
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert isinstance(optimizer, MuonAdamW)
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert list(groups) == ["decay", "no_decay", "muon"]  # AdamW groups first, as with optim.name=adamw
+    muon = {names[id(p)] for p in groups["muon"]["params"]}
+    linears = {f"{n}.weight" for n, m in module.model.named_modules()
+               if isinstance(m, torch.nn.Linear) and "canon" not in n and n != "lm_head"}
+    assert muon == linears and all(".c_" in n for n in muon)
+    adamw = {names[id(p)] for g in ("decay", "no_decay") for p in groups[g]["params"]}
+    assert "wte.weight" in adamw and {n for n in adamw if "canon" in n} == {n for n in names.values() if "canon" in n}
+    assert adamw | muon == set(names.values()) and not adamw & muon
+    assert groups["muon"]["initial_lr"] == 0.03 and groups["muon"]["momentum"] == 0.9  # peaks of the schedule
+    assert groups["muon"]["weight_decay"] == groups["decay"]["weight_decay"] == cfg.optim.weight_decay
+    assert groups["no_decay"]["initial_lr"] == cfg.optim.lr and groups["no_decay"]["weight_decay"] == 0.0
+    factor = lr_multiplier(0, warmup=cfg.optim.warmup_steps, total=cfg.trainer.max_steps, min_ratio=0.01)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([cfg.optim.lr * factor] * 2 + [0.03 * factor])
+
+
+def test_muon_adamw_state_dict_round_trips_exactly() -> None:
+    """Three steps, save, three more == load the saved state into a fresh optimizer, three more."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(11, 8), torch.nn.Linear(8, 16), torch.nn.LayerNorm(16),
+                                torch.nn.Linear(16, 11))
+    x = torch.randint(0, 11, (4, 5))
+
+    def build() -> MuonAdamW:
+        return build_optimizer(model, param_groups(model, 0.1), load_config(TrainConfig, ["optim.name=muon"]).optim,
+                               fused=None)
+
+    def steps(opt: MuonAdamW, n: int) -> None:
+        for _ in range(n):
+            opt.zero_grad()
+            model(x).logsumexp(-1).mean().backward()
+            opt.step()
+
+    opt = build()
+    steps(opt, 3)
+    saved = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
+    steps(opt, 3)
+    straight = copy.deepcopy(model.state_dict())
+    model.load_state_dict(saved[0])
+    fresh = build()
+    fresh.load_state_dict(saved[1])
+    steps(fresh, 3)
+    assert all(torch.equal(straight[k], v) for k, v in model.state_dict().items())
+    assert any("momentum_buffer" in s for s in fresh.state.values())  # Muon's state came back
+    assert any("exp_avg" in s for s in fresh.state.values())  # and AdamW's
+
+
+def test_muon_float32_newton_schulz_is_torchs_update_in_float32() -> None:
+    """ns_float32 (CPUs that emulate bf16): torch.optim.Muon's step with the orthogonalisation in
+    float32. In bf16, igsm.optim.newton_schulz is torch's own iteration bit for bit; a float32
+    step lands where torch's bf16 step does, up to bf16 rounding."""
+    zeropower = getattr(torch.optim._muon, "_zeropower_via_newtonschulz", None)
+    g = torch.randn(48, 16, generator=torch.Generator().manual_seed(0))
+    if zeropower is not None:  # a private torch function: compare only where it exists
+        for m in (g, g.T):
+            assert torch.equal(newton_schulz(m, dtype=torch.bfloat16), zeropower(m, (3.4445, -4.775, 2.0315), 5, 1e-7))
+    torch.manual_seed(0)
+    # full-rank gradients: in a rank-deficient one, NS blows bf16's noise in the null space up to ~1
+    model = torch.nn.Sequential(torch.nn.Linear(16, 48), torch.nn.Tanh(), torch.nn.Linear(48, 11))
+    x = torch.randn(64, 16)
+    cfg = load_config(TrainConfig, ["optim.name=muon"]).optim
+    start = copy.deepcopy(model.state_dict())
+    results = []
+    for ns_float32 in (False, True):
+        model.load_state_dict(start)
+        opt = build_optimizer(model, param_groups(model, 0.1), cfg, fused=None, ns_float32=ns_float32)
+        opt.zero_grad()
+        model(x).logsumexp(-1).mean().backward()
+        opt.step()  # one step from the same weights: the same gradients and momentum
+        results.append((copy.deepcopy(model.state_dict()), [s["momentum_buffer"] for s in opt.state.values()
+                                                            if "momentum_buffer" in s]))
+    (bf16, bufs16), (fp32, bufs32) = results
+    assert len(bufs16) == 2 and all(torch.equal(a, b) for a, b in zip(bufs16, bufs32))
+    for k in ("0.weight", "2.weight"):  # Muon's matrices: the same update up to bf16's ~1-2%
+        moved = (fp32[k] - start[k]).norm()
+        assert 0 < (bf16[k] - fp32[k]).norm() < 0.05 * moved
+    assert all(torch.equal(bf16[k], fp32[k]) for k in ("0.bias", "2.bias"))  # AdamW's: identical
+
+
+@pytest.mark.parametrize("ns_float32", [False, True])
+def test_muon_adamw_leaves_parameters_without_gradient_untouched(ns_float32) -> None:
+    """optim.on_nonfinite=skip sets every gradient to None: no update, no weight decay, either optimizer."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 4))
+    cfg = load_config(TrainConfig, ["optim.name=muon"]).optim
+    opt = build_optimizer(model, param_groups(model, 0.1), cfg, fused=None, ns_float32=ns_float32)
+    before = copy.deepcopy(model.state_dict())
+    opt.step()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and not opt.state
+
+
 # -- resume ------------------------------------------------------------------------------------
 
 class StopAt(Callback):
@@ -264,9 +367,11 @@ class StopAt(Callback):
             trainer.should_stop = True
 
 
-def test_resume_from_last_ckpt_continues_the_same_losses(tmp_path) -> None:
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_from_last_ckpt_continues_the_same_losses(tmp_path, optimizer) -> None:
     """2k steps in one run == k steps, stop, ckpt_path=last, k more: same data, optimizer, schedule."""
     common = FAST + [f"log_root={tmp_path}", "eval.final=false", "optim.lr=1e-2", "optim.warmup_steps=2",
+                     f"optim.name={optimizer}",
                      "trainer.accumulate_grad_batches=2", "data.num_workers=1", "trainer.checkpoint_every=3",
                      "trainer.max_steps=6"]
     straight = LossRecorder()
@@ -283,20 +388,26 @@ def test_resume_from_last_ckpt_continues_the_same_losses(tmp_path) -> None:
     assert ckpts == {"step_0000003.ckpt", "step_0000006.ckpt", "last.ckpt"}
 
 
-def test_resume_with_more_steps_follows_the_new_schedule(tmp_path) -> None:
-    """Extending a finished run (trainer.max_steps 3 -> 6): the lr continues on the 6-step schedule."""
-    common = FAST + [f"log_root={tmp_path}", "eval.final=false", "optim.warmup_steps=1", "name=extend"]
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_with_more_steps_follows_the_new_schedule(tmp_path, optimizer) -> None:
+    """Extending a finished run (trainer.max_steps 3 -> 6): the lr continues on the 6-step schedule,
+    every group from its own peak (optim.lr; optim.muon_lr for Muon's)."""
+    common = FAST + [f"log_root={tmp_path}", "eval.final=false", "optim.warmup_steps=1", "name=extend",
+                     f"optim.name={optimizer}"]
     assert train.main(common + ["trainer.max_steps=3"]) == 0
 
     class LrAtStart(Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            self.lr = self.lr if hasattr(self, "lr") else trainer.optimizers[0].param_groups[0]["lr"]
+            if not hasattr(self, "lrs"):
+                self.lrs = {g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups}
 
     probe = LrAtStart()
     assert train.main(common + ["trainer.max_steps=6", "ckpt_path=last"], extra_callbacks=[probe]) == 0
     cfg = load_config(TrainConfig, common)
-    expected = cfg.optim.lr * lr_multiplier(3, warmup=1, total=6, min_ratio=cfg.optim.min_lr_ratio)
-    assert probe.lr == pytest.approx(expected)
+    factor = lr_multiplier(3, warmup=1, total=6, min_ratio=cfg.optim.min_lr_ratio)
+    assert probe.lrs["no_decay"] == pytest.approx(cfg.optim.lr * factor)
+    if optimizer == "muon":
+        assert probe.lrs["muon"] == pytest.approx(cfg.optim.muon_lr * factor)
 
 
 # -- evaluation metrics ------------------------------------------------------------------------
@@ -356,6 +467,7 @@ def test_ddp_two_cpu_processes_shard_data_and_sync_metrics(repo_root, one_thread
                                                         out=str(tmp_path))))
     # 3 buckets x 3 batches of 4 prompts: 9 batches, so rank 0 decodes 5 and rank 1 decodes 4
     args = FAST + ["trainer.devices=2", "trainer.strategy=ddp", "trainer.max_steps=3", "trainer.checkpoint_every=3",
+                   "model.canon=AC",  # Canon weights are gradients DDP reduces like any other
                    "eval.n=12", "eval.batch_size=4", "eval.buckets=[2,3,4]", f"log_root={tmp_path / 'logs'}", "name=ddp"]
     r = subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, env=one_thread_env,
                        capture_output=True, text=True, timeout=600)

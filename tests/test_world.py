@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from igsm import WorldError, generator_preset, generate_problem, load_world
+from igsm import WorldError, generate_problem, generator_preset, load_world
 from igsm.generator import problem_rng
 from igsm.world import DEFAULT_WORLD, parse_world
 
