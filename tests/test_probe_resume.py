@@ -10,6 +10,9 @@ import os
 import random
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -139,3 +142,32 @@ def test_resuming_with_other_settings_names_them(straight, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: resuming with settings that differ") and "probe.lr" in err[0]
     assert "log_every_n_steps" not in err[0]  # harmless
+
+
+@pytest.mark.slow
+def test_a_preempted_two_process_probe_run_resumes_bit_exactly(tiny_train_run, repo_root, subprocess_env, tmp_path) -> None:
+    """The default probe run is two DDP processes: SIGTERM to both at step 3 of 4, resume: the same
+    probe.json and scalars as an uninterrupted two-process run (each rank's data shard goes on where
+    it stopped; the majority control's label counts, summed over the ranks, are kept)."""
+    env = dict(subprocess_env, OMP_NUM_THREADS="1")
+    args = [a for a in PROBE if not a.startswith(("trainer.devices", "trainer.strategy", "trainer.max_steps"))] + [
+        "trainer.devices=2", "trainer.strategy=ddp", "trainer.max_steps=4", f"ckpt={tiny_train_run[1]}", "name=p"]
+    straight = subprocess.run([sys.executable, str(repo_root / "probe.py"), *args, f"log_root={tmp_path / 'a'}"],
+                              env=env, capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    args = args + [f"log_root={tmp_path / 'b'}"]
+    proc = start(repo_root, args, env, "batch:3", tmp_path / "m", script="probe.py")
+    deadline = time.monotonic() + 240
+    while not ((tmp_path / "m").is_file() and (tmp_path / "m").read_text().count("batch:3") == 2):  # both ranks
+        assert proc.poll() is None and time.monotonic() < deadline, stderr_of(tmp_path / "m")[-3000:]
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=240)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr_of(tmp_path / "m")[-3000:]
+    resumed = subprocess.run([sys.executable, str(repo_root / "probe.py"), *args, "ckpt_path=last"],
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ref, run = tmp_path / "a" / "p" / "version_0", tmp_path / "b" / "p" / "version_0"
+    assert scalars(run) == scalars(ref) and comparable(run) == comparable(ref)
+    counts = [torch.load(r / "checkpoints" / "last.ckpt", weights_only=False)["train_counts"] for r in (ref, run)]
+    assert counts[0].keys() == counts[1].keys() and all(torch.equal(counts[0][t], counts[1][t]) for t in counts[0])
