@@ -9,6 +9,11 @@
     python probe.py ckpt=... probe.shuffle_labels=true      # negative control: labels nothing holds
     python probe.py ckpt=... probe.test_split=train probe.split_by_solved=true  # where the model is competent
     python probe.py print_config=true                # resolved config, then exit
+    python probe.py <the same arguments> ckpt_path=last   # resume an interrupted probe run, same folder
+
+SIGTERM or Ctrl-C saves a checkpoint after the current step and exits (status 128 + signal), naming
+the command that resumes; checkpoints (probes, optimizer, step; never the backbone) every
+trainer.checkpoint_every steps; a damaged checkpoint ends with one line (status 2). docs/faults.md.
 
 Trains one probe per (task, backbone) at once (the trained backbone and/or the random-init
 control), tests them on template-test problems and writes ``logs/<name>/version_N/`` with
@@ -26,6 +31,7 @@ from typing import Optional
 
 from igsm.cli_config import config_to_dict, config_to_yaml, load_config, presets_help
 from igsm.config import ConfigError, ProbeConfig
+from igsm.orphans import exit_with_launcher
 
 
 def find_checkpoint(cfg: ProbeConfig) -> str:
@@ -62,6 +68,51 @@ def find_checkpoint(cfg: ProbeConfig) -> str:
             print(f"warning: skipping {path}: {str(e).split(': ', 1)[1]}", file=sys.stderr)
     raise ConfigError(f"ckpt=None is not allowed: no readable {cfg.log_root}/**/checkpoints/last.ckpt "
                       "(see the warnings above; pass ckpt=PATH)")
+
+
+# Keys that may change between a probe run and its resumption without changing what it computes
+# (trainer.max_steps sizes the training set and the schedule: not one of them).
+RESUME_MAY_CHANGE = {"ckpt_path", "ckpt", "config", "print_config", "log_root", "trainer.checkpoint_every",
+                     "trainer.log_every_n_steps", "trainer.enable_progress_bar", "probe.num_workers", "probe.analysis",
+                     "analysis.n", "analysis.reask_op", "analysis.batch_size", "analysis.max_new_tokens"}
+
+
+def find_probe_resume(cfg: ProbeConfig, ckpt: str) -> tuple[Optional[str], Optional[int], str]:
+    """(probe checkpoint, version folder to reuse, backbone) for ``ckpt_path`` (None: no resume).
+
+    The run is ``<log_root>/<name>`` with the name this run gets (``name``, or the backbone's run
+    name + ``_probe``). Without ``ckpt=``, the backbone is the one the resumed run probed (saved in
+    its checkpoint) rather than the newest ``last.ckpt``. ConfigError / CheckpointError (one line)
+    when there is nothing to resume or the file is damaged or not a probe.py checkpoint."""
+    if cfg.ckpt_path is None:
+        return None, None, ckpt
+    from igsm.faults import find_resume_checkpoint, read_checkpoint
+
+    name = cfg.name or f"{backbone_run_name(ckpt)}_probe"
+    path, version = find_resume_checkpoint(cfg.ckpt_path, Path(cfg.log_root) / name, probe=True)
+    checkpoint = read_checkpoint(path, probe=True)
+    if checkpoint.get("probe_config") is not None:
+        from igsm.faults import warn_changed_settings
+
+        warn_changed_settings(config_to_dict(cfg), checkpoint["probe_config"], RESUME_MAY_CHANGE)
+    saved = checkpoint.get("backbone_ckpt")
+    if saved and saved != ckpt:
+        if cfg.ckpt is None and Path(saved).exists():
+            ckpt = saved  # the newest last.ckpt may be a later training run's
+        else:
+            print(f"warning: resuming a probe run of the backbone {saved} with the backbone {ckpt}", file=sys.stderr)
+    return path, version, ckpt
+
+
+def backbone_run_name(ckpt: str) -> str:
+    """The ``name`` of the train.py run that wrote the backbone ``ckpt`` (file or transformers folder)."""
+    if Path(ckpt).is_dir():
+        from igsm.hf import load_pretrained
+
+        return load_pretrained(ckpt).train_config.name
+    from igsm.faults import read_checkpoint
+
+    return read_checkpoint(ckpt, "ckpt")["hyper_parameters"]["config"]["name"]
 
 
 GPU_LENGTH_CHUNKS = 4  # probe.length_chunks=null on a GPU (ProbeOptions)
@@ -151,6 +202,7 @@ def build_controls(cfg: ProbeConfig, backbone, gen_cfg, datamodule) -> tuple[Opt
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    exit_with_launcher()  # a DDP rank started by this process must not outlive it (igsm/orphans.py)
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
@@ -159,6 +211,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         cfg = load_config(ProbeConfig, argv)
         ckpt = None if cfg.print_config else find_checkpoint(cfg)
+        resume_file, version, ckpt = (None, None, ckpt) if cfg.print_config else find_probe_resume(cfg, ckpt)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -166,6 +219,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(config_to_yaml(cfg), end="")
         return 0
 
+    import dataclasses
     import os
     import warnings
 
@@ -179,6 +233,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     import lightning as L
 
     from igsm.config import generator_config
+    from igsm.faults import GracefulStop, read_checkpoint, resume_args
     from igsm.trainer import build_trainer
     from probing.data import ProbeDataModule
     from probing.labels import NUM_CLASSES
@@ -190,6 +245,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         torch.set_num_threads(cfg.trainer.cpu_threads)
     # The frozen backbones are in eval mode on purpose (docs/probing.md, "What is trained (and what is not)").
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    # A resumed probe run starts its data where the checkpoint stopped (ProbeDataModule), which
+    # Lightning cannot see (its loaders are not "resumable" in its sense).
+    warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
     start = time.time()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     backbone = load_backbone(ckpt)
@@ -207,11 +265,29 @@ def main(argv: Optional[list[str]] = None) -> int:
                     v_init_std=p.v_init_std, seed=cfg.seed, checkpoint_activations=p.checkpoint_activations,
                     length_chunks=length_chunks, positive=positive)
     module.backbone_ckpt = ckpt
+    module.probe_config = config_to_dict(cfg)  # saved in its checkpoints: a resume names changed settings
+    resumed_step = read_checkpoint(resume_file, probe=True)["global_step"] if resume_file is not None else None
+    stopper = GracefulStop()
     trainer = build_trainer(
-        cfg.trainer, name, log_root=cfg.log_root, config_yaml=config_to_yaml(cfg),
-        extra_info={"kind": "probe", "backbone_ckpt": ckpt, "backbone_run": train_cfg.name},
+        dataclasses.replace(cfg.trainer, eval_every=None),  # no periodic evaluation: the test follows training
+        name, log_root=cfg.log_root, version=version, config_yaml=config_to_yaml(cfg),
+        extra_info={"kind": "probe", "backbone_ckpt": ckpt, "backbone_run": train_cfg.name, "resumed_from": resume_file},
+        extra_callbacks=[stopper],
+        # Resuming in the run's folder: TensorBoard hides what the killed run logged after the
+        # checkpoint (this run logs those steps again), so no step appears twice.
+        purge_step=resumed_step if version is not None else None,
+        keep_periodic=False,  # probe checkpoints only serve to resume: last.ckpt alone
     )
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_file)
+    if stopper.signum is not None:
+        last = Path(trainer.log_dir) / "checkpoints" / "last.ckpt"  # a collective under DDP: every rank asks
+        if trainer.is_global_zero:
+            import signal
+
+            pin = [] if any(a.startswith("ckpt=") for a in argv) else [f"ckpt={ckpt}"]
+            print(f"{signal.Signals(stopper.signum).name}: stopped after step {trainer.global_step}, checkpoint "
+                  f"{last}; resume with: python probe.py {' '.join(resume_args(argv, *pin))}", file=sys.stderr)
+        return 128 + stopper.signum
     trainer.test(module, datamodule=datamodule, verbose=False)
     run_dir = Path(trainer.log_dir)  # a collective under DDP: every rank asks
     if not trainer.is_global_zero:

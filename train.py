@@ -19,13 +19,13 @@ Multi-node: see scripts/slurm_example.sh (Lightning reads the SLURM environment)
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Iterable, Optional
 
 from igsm.cli_config import config_to_dict, config_to_yaml, load_config, presets_help
 from igsm.config import ConfigError, TrainConfig, accumulation
+from igsm.orphans import exit_with_launcher
 
 # CPU: idle OpenMP threads sleep instead of spinning (spinning threads that share 2 cores with a
 # data worker or another job slow training many times over). Before torch loads; the environment wins.
@@ -43,65 +43,16 @@ def find_resume(cfg: TrainConfig) -> tuple[Optional[str], Optional[int]]:
     igsm.faults.CheckpointError (one line) when the file given is damaged or foreign."""
     if cfg.ckpt_path is None:
         return None, None
-    from igsm.faults import CheckpointError, read_checkpoint  # loads torch: only when resuming
+    from igsm.faults import find_resume_checkpoint  # loads torch: only when resuming
 
-    run_root = Path(cfg.log_root) / cfg.name
-    if cfg.ckpt_path == "last":
-        # The newest version folder with a readable checkpoint; in it, the newest of last.ckpt, the
-        # hpc_ckpt_<k>.ckpt Lightning writes when SLURM warns of the time limit, and (when those
-        # are damaged) the periodic step_<N>.ckpt files. Unreadable ones are skipped with a warning.
-        skipped = []
-        for version, folder in sorted(_version_folders(run_root), reverse=True):
-            candidates = [p for p in (folder / "checkpoints" / "last.ckpt", *folder.glob("hpc_ckpt_*.ckpt"),
-                                      *(folder / "checkpoints").glob("step_*.ckpt")) if p.is_file()]
-            for path in sorted(candidates, key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True):
-                try:
-                    read_checkpoint(path, resume=True)
-                except CheckpointError as e:
-                    print(f"warning: ckpt_path='last' skips {path}: {str(e).split(': ', 1)[1]}", file=sys.stderr)
-                    skipped.append(path)
-                    continue
-                return str(path), version
-        if skipped:
-            raise CheckpointError(f"ckpt_path='last': none of the {len(skipped)} checkpoints under {run_root} "
-                                  "is readable (see the warnings above)")
-        raise ConfigError(f"ckpt_path='last' is not allowed: no {run_root}/version_*/checkpoints/last.ckpt "
-                          "(a run of this name has not saved a checkpoint yet)")
-    path = Path(cfg.ckpt_path)
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path!r} is not allowed: no such file ('last' or a .ckpt file)")
-    read_checkpoint(path, resume=True)
-    # A checkpoint inside one of this run's version folders continues in that folder.
-    for version, folder in _version_folders(run_root):
-        if folder.resolve() in path.resolve().parents:
-            return str(path), version
-    return str(path), None
-
-
-def _version_folders(run_root: Path) -> list[tuple[int, Path]]:
-    return [(int(m.group(1)), d) for d in run_root.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", d.name))]
+    return find_resume_checkpoint(cfg.ckpt_path, Path(cfg.log_root) / cfg.name)
 
 
 def warn_config_changes(cfg: TrainConfig, saved: dict) -> None:
     """Say which keys differ from the run that wrote the checkpoint ``saved`` (except harmless ones)."""
-    old = _flat(saved.get("hyper_parameters", {}).get("config", {}))
-    new = _flat(config_to_dict(cfg))
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE)
-    if changed:
-        print("warning: resuming with settings that differ from the checkpoint's run: "
-              + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed), file=sys.stderr)
+    from igsm.faults import warn_changed_settings
 
-
-def _resume_args(argv: list[str]) -> list[str]:
-    """The command line that continues this run: the same arguments with ckpt_path=last."""
-    return [a for a in argv if not a.startswith("ckpt_path=")] + ["ckpt_path=last"]
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-    return out
+    warn_changed_settings(config_to_dict(cfg), saved.get("hyper_parameters", {}).get("config", {}), RESUME_MAY_CHANGE)
 
 
 def summary_lines(entries: list[dict]) -> list[str]:
@@ -114,6 +65,7 @@ def summary_lines(entries: list[dict]) -> list[str]:
 
 
 def main(argv: Optional[list[str]] = None, extra_callbacks: Iterable = ()) -> int:
+    exit_with_launcher()  # a DDP rank started by this process must not outlive it (igsm/orphans.py)
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
@@ -141,7 +93,7 @@ def main(argv: Optional[list[str]] = None, extra_callbacks: Iterable = ()) -> in
     import lightning as L
 
     from igsm.data import IGSMDataModule
-    from igsm.faults import GracefulStop, NonFiniteError, read_checkpoint
+    from igsm.faults import GracefulStop, NonFiniteError, read_checkpoint, resume_args
     from igsm.lit import GPTLitModule
     from igsm.report_tb import ReportFigures
     from igsm.trainer import build_trainer
@@ -179,12 +131,12 @@ def main(argv: Optional[list[str]] = None, extra_callbacks: Iterable = ()) -> in
         print(f"error: {e}; stopped ({kept}). Lower optim.lr, or set optim.on_nonfinite=skip", file=sys.stderr)
         return 1
     if stopper.signum is not None:
+        last = Path(trainer.log_dir) / "checkpoints" / "last.ckpt"  # a collective under DDP: every rank asks
         if trainer.is_global_zero:
             import signal
 
-            last = Path(trainer.log_dir) / "checkpoints" / "last.ckpt"
             print(f"{signal.Signals(stopper.signum).name}: stopped after step {trainer.global_step}, checkpoint "
-                  f"{last}; resume with: python train.py {' '.join(_resume_args(argv))}", file=sys.stderr)
+                  f"{last}; resume with: python train.py {' '.join(resume_args(argv))}", file=sys.stderr)
         return 128 + stopper.signum
     if cfg.eval.final and module.last_eval_step != trainer.global_step:
         trainer.validate(module, datamodule=datamodule, verbose=False)

@@ -640,6 +640,9 @@ class ProbeConfig:
     config: Optional[str] = None  # a YAML file applied after the preset, before the command line
     print_config: bool = False
     ckpt: Optional[str] = None  # train.py checkpoint or exported transformers folder; None = newest last.ckpt under log_root
+    # Resume an interrupted probe run: "last" = the newest checkpoint of the newest run of this name
+    # (same folder, same TensorBoard curves; docs/faults.md), or a probe run's .ckpt file
+    ckpt_path: Optional[str] = None
     seed: int = 0  # probe data, random-init control and probe initialisation
     log_root: str = "logs"
     probe: ProbeOptions = field(default_factory=ProbeOptions)
@@ -656,6 +659,8 @@ def validate_probe(cfg: ProbeConfig) -> None:
                                 and all(part not in ("", ".", "..") for part in cfg.name.split("/"))),
            "name", cfg.name, "null or a non-empty run name without spaces")
     _check(cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
+    _check(cfg.ckpt_path is None or bool(cfg.ckpt_path), "ckpt_path", cfg.ckpt_path,
+           "null, 'last' or a probe run's .ckpt file")
     p = cfg.probe
     allowed = PROBE_TASKS + PROBE_EXTRA_TASKS
     _check(len(p.tasks) >= 1 and all(t in allowed for t in p.tasks) and len(set(p.tasks)) == len(p.tasks),

@@ -3,7 +3,8 @@
 What each piece is for (docs/faults.md, "When things go wrong", tells users):
 
 - :func:`read_checkpoint` opens a ``.ckpt`` file and says in one line what is wrong with it
-  (truncated, not a torch file, not a ``train.py`` checkpoint) instead of a long traceback.
+  (truncated, not a torch file, not a ``train.py`` checkpoint) instead of a long traceback;
+  :func:`find_resume_checkpoint` picks the checkpoint ``ckpt_path=last`` resumes (train.py and probe.py).
 - :class:`GracefulStop` turns SIGTERM / SIGINT (Ctrl-C) during training into "finish this optimizer
   step, save ``last.ckpt``, exit"; a second signal exits at once.
 - :class:`NonFiniteError` ends a run whose loss or gradient norm is not finite
@@ -21,6 +22,7 @@ Only tests set these variables.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import time
@@ -43,9 +45,10 @@ class CheckpointError(ConfigError):
     """A checkpoint file that cannot be used; the message is one line naming the file."""
 
 
-def read_checkpoint(path: str | Path, key: str = "ckpt_path", *, resume: bool = False) -> dict:
+def read_checkpoint(path: str | Path, key: str = "ckpt_path", *, resume: bool = False, probe: bool = False) -> dict:
     """The checkpoint at ``path`` (tensors memory-mapped, so cheap), or :class:`CheckpointError`
-    saying what is wrong. ``resume``: it must also hold the optimizer and loop state of a run."""
+    saying what is wrong. ``resume``: it must also hold the optimizer and loop state of a run.
+    ``probe``: it must be a probe.py checkpoint (probes only), not a train.py one."""
     where = f"{key}={str(path)!r}"
     try:
         size = os.path.getsize(path)
@@ -75,7 +78,12 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path", *, resume: bool = 
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{where}: a torch file but not a Lightning checkpoint (no 'state_dict')")
     hparams = ckpt.get("hyper_parameters") or {}
-    if not {"config", "tokenizer"} <= set(hparams):
+    if probe:
+        if "tasks" not in hparams:
+            trained = {"config", "tokenizer"} <= set(hparams)
+            what = "a train.py checkpoint" if trained else "a Lightning checkpoint of another model"
+            raise CheckpointError(f"{where}: {what}, not one written by probe.py (no probe tasks in its hyper-parameters)")
+    elif not {"config", "tokenizer"} <= set(hparams):
         what = "a probe run's checkpoint" if "tasks" in hparams else "a Lightning checkpoint of another model"
         raise CheckpointError(f"{where}: {what}, not one written by train.py (no config and tokenizer "
                               "in its hyper-parameters)")
@@ -83,6 +91,73 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path", *, resume: bool = 
         raise CheckpointError(f"{where}: holds weights only, without the optimizer and loop state needed "
                               "to resume a run")
     return ckpt
+
+
+def find_resume_checkpoint(ckpt_path: Optional[str], run_root: Path, *, probe: bool = False
+                           ) -> tuple[Optional[str], Optional[int]]:
+    """(checkpoint file, version folder to reuse) for ``ckpt_path`` (None, "last" or a file) of the
+    runs under ``run_root`` (``<log_root>/<name>``): train.py's and probe.py's ``ckpt_path``.
+    ConfigError when missing, CheckpointError (one line) when the file given is damaged or foreign.
+
+    "last": the newest version folder with a readable checkpoint; in it, the newest of last.ckpt, the
+    hpc_ckpt_<k>.ckpt Lightning writes when SLURM warns of the time limit, and (when those are
+    damaged) the periodic step_<N>.ckpt files. Unreadable ones are skipped with a warning."""
+    if ckpt_path is None:
+        return None, None
+    if ckpt_path == "last":
+        skipped = []
+        for version, folder in sorted(version_folders(run_root), reverse=True):
+            candidates = [p for p in (folder / "checkpoints" / "last.ckpt", *folder.glob("hpc_ckpt_*.ckpt"),
+                                      *(folder / "checkpoints").glob("step_*.ckpt")) if p.is_file()]
+            for path in sorted(candidates, key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True):
+                try:
+                    read_checkpoint(path, resume=True, probe=probe)
+                except CheckpointError as e:
+                    print(f"warning: ckpt_path='last' skips {path}: {str(e).split(': ', 1)[1]}", file=sys.stderr)
+                    skipped.append(path)
+                    continue
+                return str(path), version
+        if skipped:
+            raise CheckpointError(f"ckpt_path='last': none of the {len(skipped)} checkpoints under {run_root} "
+                                  "is readable (see the warnings above)")
+        raise ConfigError(f"ckpt_path='last' is not allowed: no {run_root}/version_*/checkpoints/last.ckpt "
+                          "(a run of this name has not saved a checkpoint yet)")
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path!r} is not allowed: no such file ('last' or a .ckpt file)")
+    read_checkpoint(path, resume=True, probe=probe)
+    # A checkpoint inside one of this run's version folders continues in that folder.
+    for version, folder in version_folders(run_root):
+        if folder.resolve() in path.resolve().parents:
+            return str(path), version
+    return str(path), None
+
+
+def version_folders(run_root: Path) -> list[tuple[int, Path]]:
+    """(N, folder) of every ``version_<N>`` folder under ``run_root``."""
+    return [(int(m.group(1)), d) for d in run_root.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", d.name))]
+
+
+def warn_changed_settings(new: dict, old: dict, may_change: set[str]) -> None:
+    """Say which keys of the resolved config ``new`` differ from ``old`` (the config of the run that
+    wrote the checkpoint being resumed), except those in ``may_change``."""
+    old, new = _flat(old or {}), _flat(new)
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in may_change)
+    if changed:
+        print("warning: resuming with settings that differ from the checkpoint's run: "
+              + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed), file=sys.stderr)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def resume_args(argv: list[str], *extra: str) -> list[str]:
+    """The command line that continues a run: the same arguments with ckpt_path=last (and ``extra``)."""
+    return [a for a in argv if not a.startswith("ckpt_path=")] + [*extra, "ckpt_path=last"]
 
 
 # -- preemption: SIGTERM / SIGINT ----------------------------------------------------------------
@@ -141,6 +216,9 @@ class GracefulStop(Callback):
             if not (self.eval_every and trainer.global_step % self.eval_every == 0):
                 # Lightning evaluates when a run stops early; a preempted run has no time for that.
                 trainer.fit_loop.epoch_loop._skip_next_val = True
+                save = getattr(trainer.checkpoint_callback, "save_on_stop", None)  # igsm.trainer.RunCheckpoint
+                if save is not None:
+                    save(trainer)
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -214,4 +292,5 @@ def decode_in_chunks(decode: Callable[[list], list], prompts: list, chunk: int,
     return out, chunk
 
 
-__all__ = ["CheckpointError", "read_checkpoint", "GracefulStop", "hang", "NonFiniteError", "decode_in_chunks"]
+__all__ = ["CheckpointError", "read_checkpoint", "find_resume_checkpoint", "version_folders", "resume_args",
+           "warn_changed_settings", "GracefulStop", "hang", "NonFiniteError", "decode_in_chunks"]

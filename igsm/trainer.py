@@ -98,6 +98,18 @@ class RunCheckpoint(ModelCheckpoint):
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
+    def save_on_stop(self, trainer: L.Trainer) -> None:
+        """Write last.ckpt now, at the end of the step a stop signal ends the run with
+        (igsm.faults.GracefulStop), unless this callback saves at this step anyway (it runs after
+        GracefulStop: Lightning puts checkpoint callbacks last). Saved here, the loop state is that
+        of a periodic checkpoint; saved when training ends, it says "epoch finished", and a resumed
+        probe run (whose data has a length) would count an epoch too many."""
+        step = trainer.global_step
+        if (self._every_n_train_steps >= 1 and step % self._every_n_train_steps == 0) \
+                or self._should_skip_saving_checkpoint(trainer):
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         for logger in trainer.loggers:
             experiment = getattr(logger, "experiment", None)
@@ -143,6 +155,7 @@ def build_trainer(
     extra_info: Optional[dict] = None,
     extra_callbacks: Iterable[Callback] = (),
     purge_step: Optional[int] = None,
+    keep_periodic: bool = True,
     **trainer_kwargs: Any,
 ) -> L.Trainer:
     """The Lightning Trainer of a run.
@@ -151,6 +164,8 @@ def build_trainer(
     ``config_yaml``: the resolved config, written to ``config.yaml`` by rank 0.
     ``purge_step``: TensorBoard hides the events of this folder logged at that step or later (a
     resumed run logs them again).
+    ``keep_periodic``: keep every ``step_<N>.ckpt`` (False: only ``last.ckpt`` is written, refreshed
+    every ``checkpoint_every`` steps; probe.py, whose checkpoints only serve to resume).
     ``trainer_kwargs`` go to ``L.Trainer`` last (probe.py sets e.g. ``max_epochs`` there).
     """
     tb_kwargs = {} if purge_step is None else {"purge_step": purge_step}
@@ -159,7 +174,7 @@ def build_trainer(
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     callbacks: list[Callback] = [
         RunCheckpoint(filename="step_{step:07d}", auto_insert_metric_name=False,
-                      every_n_train_steps=cfg.checkpoint_every, save_top_k=-1, save_last=True,
+                      every_n_train_steps=cfg.checkpoint_every, save_top_k=-1 if keep_periodic else 0, save_last=True,
                       eval_every=cfg.eval_every),
         LearningRateMonitor(logging_interval="step"),
     ]

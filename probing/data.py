@@ -26,12 +26,13 @@ the same problems and every rank, worker or restart the same pairs.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import replace
 from typing import Any, Optional, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler
 
 from igsm.config import GeneratorConfig
 from igsm.generator import GenerationError, generate_problem, problem_rng, world_for
@@ -223,6 +224,25 @@ class ProbeDataset(Dataset):
         return [r["label"] for r in problem_pairs(self.tokenizer, donor, self.task, rng, self.draws)]
 
 
+class ResumeSampler(Sampler):
+    """``sampler`` without the problems of the first ``batches`` batches of ``per_batch`` problems
+    (counted within the current pass over it), on the first pass only: a resumed probe run reads
+    the pairs an uninterrupted one would. ``len`` stays the full pass, so Lightning, which counts
+    the batches already done in this epoch, ends the epoch where it would have."""
+
+    def __init__(self, sampler: Sampler, batches: int, per_batch: int):
+        self.sampler = sampler
+        per_pass = max(1, math.ceil(len(sampler) / per_batch))
+        self.skip = (batches % per_pass) * per_batch
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        return itertools.islice(iter(self.sampler), skip, None)
+
+
 # --------------------------------------------------------------------------------------------
 # The LightningDataModule
 # --------------------------------------------------------------------------------------------
@@ -288,6 +308,9 @@ class ProbeDataModule(pl.LightningDataModule if pl is not None else object):
             kw = {"drop_last": True} if split == "train" else {}
             sampler = cls(ds, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False, **kw)
         train = split == "train"
+        if train and trainer is not None and trainer.global_step > 0:  # resumed: go on where the checkpoint stopped
+            sampler = ResumeSampler(sampler if sampler is not None else SequentialSampler(ds),
+                                    trainer.global_step * trainer.accumulate_grad_batches, self.train_problems_per_batch)
         return DataLoader(ds, batch_size=self.train_problems_per_batch if train else self.problems_per_batch,
                           sampler=sampler, collate_fn=PairCollate(self.tokenizer.pad_id, self.batch_size if train else None),
                           num_workers=self.num_workers,
@@ -316,5 +339,5 @@ class ProbeDataModule(pl.LightningDataModule if pl is not None else object):
 
 __all__ = [
     "PROBE_STREAM", "HELDOUT_STREAM", "DONOR_STREAM", "encode_part", "regret_ids", "name_ids", "sentence_ids", "ProblemTokens", "query_ids",
-    "collate_pairs", "PairCollate", "probe_problem", "problem_pairs", "ProbeDataset", "ProbeDataModule",
+    "collate_pairs", "PairCollate", "probe_problem", "problem_pairs", "ProbeDataset", "ResumeSampler", "ProbeDataModule",
 ]

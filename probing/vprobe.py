@@ -373,11 +373,33 @@ class VProbe(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Probe checkpoints hold the probes only: the trained backbone is its own checkpoint
-        (``backbone_ckpt``) and the random-init control is rebuilt from the seed."""
+        (``backbone_ckpt``) and the random-init control is rebuilt from the seed. They also hold
+        the training-label counts of the majority control, summed over ranks (every rank builds
+        the checkpoint, rank 0 writes it), which metrics leave out of ``state_dict``."""
         state = checkpoint.get("state_dict", {})
         for k in [k for k in state if k.startswith(("backbones.", "positive."))]:
             del state[k]
         checkpoint["backbone_ckpt"] = getattr(self, "backbone_ckpt", None)
+        checkpoint["probe_config"] = getattr(self, "probe_config", None)  # probe.py's resolved config
+        # An all-reduce of our own, not compute(): compute() returns a cached value on a rank that
+        # has had no label since its last call, and that rank would then skip the collective.
+        counts = {t: self.train_counts[t].counts.detach().clone() for t in self.tasks}
+        if self._trainer is not None and self.trainer.world_size > 1:
+            counts = {t: self.trainer.strategy.reduce(c, reduce_op="sum") for t, c in counts.items()}
+        checkpoint["train_counts"] = {t: c.cpu() for t, c in counts.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Resuming (probe.py ``ckpt_path``): the frozen backbones are this module's own (loaded from
+        ``backbone_ckpt`` or rebuilt), so their weights are put back before Lightning's strict load;
+        the label counts go to rank 0 (the other ranks start from zero: the sum is the same)."""
+        state = checkpoint.setdefault("state_dict", {})
+        for k, v in self.state_dict().items():
+            if k.startswith(("backbones.", "positive.")):
+                state.setdefault(k, v)
+        for t, counts in checkpoint.get("train_counts", {}).items():
+            if t in self.train_counts:
+                own = self.train_counts[t].counts
+                own.copy_(counts.to(own.device) if self.global_rank == 0 else torch.zeros_like(own))
 
     def on_train_epoch_start(self) -> None:  # belt and braces: Lightning may call train() on submodules
         for bb in self.all_backbones():

@@ -70,11 +70,12 @@ def kill_leftovers():
             proc.wait()
 
 
-def start(repo_root: Path, args: list[str], env: dict, hang: str, marker: Path) -> subprocess.Popen:
-    """train.py in its own process group, waiting at ``hang``; stderr goes to ``<marker>.err``."""
+def start(repo_root: Path, args: list[str], env: dict, hang: str, marker: Path,
+          script: str = "train.py") -> subprocess.Popen:
+    """train.py (or ``script``) in its own process group, waiting at ``hang``; stderr goes to ``<marker>.err``."""
     env = dict(env, **{HANG_ENV: hang, HANG_MARKER_ENV: str(marker)})
     with open(f"{marker}.err", "w") as err:
-        proc = subprocess.Popen([sys.executable, str(repo_root / "train.py"), *args], env=env,
+        proc = subprocess.Popen([sys.executable, str(repo_root / script), *args], env=env,
                                 start_new_session=True, stdout=subprocess.DEVNULL, stderr=err)
     STARTED.append(proc)
     return proc
