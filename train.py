@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 from igsm.cli_config import config_to_dict, config_to_yaml, load_config, presets_help
 from igsm.config import ConfigError, TrainConfig, accumulation

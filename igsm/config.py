@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import ClassVar, NamedTuple, Optional
 
-
 MAX_OP = 52  # solution steps each take one of the 52 ASCII letters
 OP_SAMPLING = ("min2", "uniform")  # GeneratorConfig.op_sampling
 RETRY_KINDS = ("retry", "retry_weak")  # igsm.retry

@@ -23,17 +23,23 @@ batch's contents, and so its decoding numerics, the same for any number of ranks
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import replace
-from typing import Iterator, Optional
+from typing import Optional
 
 import lightning as L
 import torch
-from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from igsm.config import (
-    BucketSpec, DataConfig, EvalConfig, GeneratorConfig, bucket_generator_config, build_data_tokenizer,
-    generator_config, parse_bucket,
+    BucketSpec,
+    DataConfig,
+    EvalConfig,
+    GeneratorConfig,
+    bucket_generator_config,
+    build_data_tokenizer,
+    generator_config,
+    parse_bucket,
 )
 from igsm.generator import GenerationError, generate_problem, problem_rng, sample_op
 from igsm.problem import RETRACTION, Problem

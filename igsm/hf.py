@@ -48,7 +48,13 @@ from torch import Tensor
 from igsm.config import ModelConfig, TrainConfig
 from igsm.model import GPT, VOCAB_MULTIPLE
 from igsm.tokenizer import (
-    GPT2_EOT, WORD_PATTERN, GPT2Tokenizer, Tokenizer, WordTokenizer, _gpt2_encoding, tokenizer_from_dict,
+    GPT2_EOT,
+    WORD_PATTERN,
+    GPT2Tokenizer,
+    Tokenizer,
+    WordTokenizer,
+    _gpt2_encoding,
+    tokenizer_from_dict,
 )
 
 HF_EXTRA = 'pip install -e ".[hf]"'  # or: pip install "igsm[hf]"

@@ -169,7 +169,7 @@ class CausalSelfAttention(nn.Module):
         x: Tensor,
         cos: Tensor,
         sin: Tensor,
-        kv: Optional["LayerCache"] = None,
+        kv: Optional[LayerCache] = None,
         pos: int = 0,
         attn_mask: Optional[Tensor] = None,
         valid: Optional[Tensor] = None,
@@ -242,7 +242,7 @@ class Block(nn.Module):
         x: Tensor,
         cos: Tensor,
         sin: Tensor,
-        kv: Optional["LayerCache"] = None,
+        kv: Optional[LayerCache] = None,
         pos: int = 0,
         attn_mask: Optional[Tensor] = None,
         valid: Optional[Tensor] = None,
@@ -375,7 +375,7 @@ class GPT(nn.Module):
     def new_kv_cache(
         self, batch: int, max_len: int, *, device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
-    ) -> "KVCache":
+    ) -> KVCache:
         """An empty cache for `batch` rows of up to `max_len` positions (prompt + generation)."""
         if max_len > self.cfg.block_size:
             raise ValueError(f"max_len={max_len} exceeds model.block_size={self.cfg.block_size}")
@@ -394,7 +394,7 @@ class GPT(nn.Module):
         cache.rope_sin = self.rope_sin[: cache.max_len].to(cache.k.device, cache.k.dtype)  # [max_len, hd/2]
         return cache
 
-    def forward_cached(self, idx: Tensor, cache: "KVCache", valid: Optional[Tensor] = None) -> Tensor:
+    def forward_cached(self, idx: Tensor, cache: KVCache, valid: Optional[Tensor] = None) -> Tensor:
         """Append idx [B, T] at positions cache.pos..cache.pos+T-1; return the logits of the last
         position [B, padded_vocab] in float32 (all decoding needs, and far less memory than
         [B, T, V]; float32 so that near-equal logits do not tie in bf16, where argmax would pick

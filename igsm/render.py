@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import random
 import string
-from typing import Callable
+from collections.abc import Callable
 
 from .problem import ABS, INST, MOD, Equation, Param, Problem
 

@@ -28,9 +28,10 @@ import hashlib
 import operator
 import re
 import string
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 from igsm.render import LETTERS
 
@@ -230,7 +231,7 @@ class WordTokenizer(Tokenizer):
         self._first_cache: dict[str, list[int]] = {}  # chunk at the start of a text -> ids
 
     @classmethod
-    def from_world(cls, world) -> "WordTokenizer":
+    def from_world(cls, world) -> WordTokenizer:
         """The tokenizer of a world: the same world always gives the same ids."""
         return cls(list(WORD_SPECIALS) + word_vocab(world_texts(world)), source=world.source)
 

@@ -31,8 +31,9 @@ import os
 import platform
 import sys
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import lightning as L
 import torch

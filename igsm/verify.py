@@ -369,11 +369,11 @@ def _read_head(ctx: _Context, head: str, out: _Sentence, letters: dict, defined:
     out.letter = letter
 
 
-def _where(k: int, out: "_Sentence", step: str) -> str:
+def _where(k: int, out: _Sentence, step: str) -> str:
     return f"sentence {k + 1} ({out.name}), step {_show(step)}"
 
 
-def _operand(tok: str, letters: dict, own: str, k: int, out: "_Sentence", step: str):
+def _operand(tok: str, letters: dict, own: str, k: int, out: _Sentence, step: str):
     """A symbolic operand: (node, value) of a letter or a literal."""
     got = letters.get(tok)
     if got is not None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import math
 from contextlib import nullcontext
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn as nn

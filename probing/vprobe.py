@@ -37,8 +37,9 @@ per task; its test accuracy is logged next to the probes'.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional
 
 import lightning.pytorch as pl
 import torch
@@ -257,7 +258,7 @@ class VProbe(pl.LightningModule):
 
     # -- freezing ------------------------------------------------------------------------------
 
-    def train(self, mode: bool = True) -> "VProbe":
+    def train(self, mode: bool = True) -> VProbe:
         """Lightning calls ``train()`` before fitting and after every validation: the probes follow
         it, the backbones never leave eval mode (dropout stays off)."""
         super().train(mode)
@@ -549,7 +550,7 @@ def distance_table_markdown(grid: dict) -> str:
     return "\n".join([head, sep, *rows])
 
 
-def heatmap(acc: list[list[Optional[float]]], cell: int = 24) -> "Any":
+def heatmap(acc: list[list[Optional[float]]], cell: int = 24) -> Any:
     """A numpy RGB image [H, W, 3] of the grid (rows = layers, bottom = last): white (0%) to
     dark blue (100%), grey where there are no pairs. No plotting library needed."""
     import numpy as np

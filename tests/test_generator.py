@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from igsm import ABS, INST, ConfigError, GenerationError, generator_preset, generate_problem
+from igsm import INST, ConfigError, GenerationError, generate_problem, generator_preset
 from igsm.generator import generate, problem_rng, sample_op
 from igsm.marginals import chi_square_op, compare, marginals, solution_steps
 from igsm.problem import MOD, Problem

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train import FAST
 
 from igsm.orphans import LAUNCHER_ENV
+from test_train import FAST
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc (Linux)")
 GRACE_S = 30  # the promise: every rank is gone this long after the launcher

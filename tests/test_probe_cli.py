@@ -8,7 +8,6 @@ import sys
 import pytest
 
 import probe
-import train
 
 PROBE_FAST = ["trainer.max_steps=2", "probe.test_problems=4", "probe.batch_size=6", "probe.draws=3",
               "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "trainer.devices=1", "trainer.strategy=auto"]

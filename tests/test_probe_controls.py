@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import probe
-import train
 from igsm.config import ModelConfig, generator_preset
 from igsm.generator import world_for
 from igsm.model import GPT

@@ -10,8 +10,7 @@ from igsm.config import generator_preset
 from igsm.generator import generate_problem, problem_rng
 from igsm.tokenizer import build_tokenizer
 from probing.data import ProblemTokens, name_ids, problem_pairs, query_ids
-from probing.labels import (NUM_CLASSES, TASKS, UNKNOWN_VALUE, ProblemLabels, draw_queries, graph_params,
-                            n_positions)
+from probing.labels import NUM_CLASSES, TASKS, UNKNOWN_VALUE, ProblemLabels, draw_queries, graph_params, n_positions
 
 CASES = [(preset, fmt, reask) for preset in ("tiny", "med", "hard") for fmt in ("pq", "qp")
          for reask in (False, True)]

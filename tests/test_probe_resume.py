@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_faults import damaged_copies, kill_leftovers, scalars, start, stderr_of, wait_for  # noqa: F401
 
 import probe
 from igsm.cli_config import load_config
 from igsm.config import ProbeConfig
 from igsm.faults import read_checkpoint
 from probing.data import ResumeSampler
+from test_faults import damaged_copies, kill_leftovers, scalars, start, stderr_of, wait_for  # noqa: F401
 
 # 8 steps, a checkpoint every 2; fp32 so that every CPU computes the same numbers in both runs.
 STEPS, EVERY = 8, 2

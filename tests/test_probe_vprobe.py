@@ -11,8 +11,15 @@ from igsm.model import GPT
 from igsm.tokenizer import build_tokenizer
 from probing.data import ProbeDataModule, ProbeDataset, collate_pairs
 from probing.labels import NUM_CLASSES, TASKS
-from probing.vprobe import (GroupedAccuracy, VProbe, distance_table_markdown, expected_trainable, heatmap,
-                            random_backbone, write_png)
+from probing.vprobe import (
+    GroupedAccuracy,
+    VProbe,
+    distance_table_markdown,
+    expected_trainable,
+    heatmap,
+    random_backbone,
+    write_png,
+)
 
 GEN = generator_preset("tiny")
 
