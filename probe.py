@@ -172,7 +172,8 @@ def build_controls(cfg: ProbeConfig, backbone, gen_cfg, datamodule) -> tuple[Opt
     bf16 = str(cfg.trainer.precision).startswith("bf16")
     device = "cpu"
     if cfg.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        import os  # under DDP every rank runs this on its own GPU (same seed: the same copies, up to GPU nondeterminism)
+        # under DDP every rank runs this on its own GPU (same seed: the same copies, up to GPU nondeterminism)
+        import os
 
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', os.environ.get('SLURM_LOCALID', 0)))}"
     solved = None
@@ -271,7 +272,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     trainer = build_trainer(
         dataclasses.replace(cfg.trainer, eval_every=None),  # no periodic evaluation: the test follows training
         name, log_root=cfg.log_root, version=version, config_yaml=config_to_yaml(cfg),
-        extra_info={"kind": "probe", "backbone_ckpt": ckpt, "backbone_run": train_cfg.name, "resumed_from": resume_file},
+        extra_info={"kind": "probe", "backbone_ckpt": ckpt, "backbone_run": train_cfg.name,
+                    "resumed_from": resume_file},
         extra_callbacks=[stopper],
         # Resuming in the run's folder: TensorBoard hides what the killed run logged after the
         # checkpoint (this run logs those steps again), so no step appears twice.
@@ -305,7 +307,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                   "batch_size": p.batch_size, "batch_size_per_device": device_batch, "devices": trainer.world_size,
                   "length_chunks": length_chunks,
                   "trainable_params_per_probe": {
-                      t: expected_trainable(bb.padded_vocab, bb.cfg.d_model, p.rank, NUM_CLASSES[t], len(module.head_layers))
+                      t: expected_trainable(bb.padded_vocab, bb.cfg.d_model, p.rank, NUM_CLASSES[t],
+                                            len(module.head_layers))
                       for t in p.tasks}},
         **results,
     }

@@ -60,7 +60,8 @@ def summary_lines(entries: list[dict]) -> list[str]:
     lines = []
     for e in entries:
         unnecessary = e["unnecessary_params_per_correct"]
-        lines.append(f"eval {e['bucket']:>14}: accuracy {100 * e['accuracy']:5.1f}%  answer {100 * e['answer_accuracy']:5.1f}%"
+        lines.append(f"eval {e['bucket']:>14}: accuracy {100 * e['accuracy']:5.1f}%"
+                     f"  answer {100 * e['answer_accuracy']:5.1f}%"
                      f"  unnecessary/correct {'-' if unnecessary is None else f'{unnecessary:.2f}'}  n={e['n']}")
     return lines
 

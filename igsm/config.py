@@ -638,7 +638,8 @@ class ProbeConfig:
     preset: str = "probe_tiny"
     config: Optional[str] = None  # a YAML file applied after the preset, before the command line
     print_config: bool = False
-    ckpt: Optional[str] = None  # train.py checkpoint or exported transformers folder; None = newest last.ckpt under log_root
+    # train.py checkpoint or exported transformers folder; None = newest last.ckpt under log_root
+    ckpt: Optional[str] = None
     # Resume an interrupted probe run: "last" = the newest checkpoint of the newest run of this name
     # (same folder, same TensorBoard curves; docs/faults.md), or a probe run's .ckpt file
     ckpt_path: Optional[str] = None
@@ -696,5 +697,5 @@ def validate_probe(cfg: ProbeConfig) -> None:
            "trainer.precision", cfg.trainer.precision, "'32-true', 'bf16-mixed' or null on CPU")
 
 
-__all__ += ["PROBE_TASKS", "PROBE_EXTRA_TASKS", "PROBE_LAYERS", "PROBE_CONTROLS", "PROBE_TEST_SPLITS", "ProbeOptions", "AnalysisConfig", "ProbeConfig",
-            "validate_probe"]
+__all__ += ["PROBE_TASKS", "PROBE_EXTRA_TASKS", "PROBE_LAYERS", "PROBE_CONTROLS", "PROBE_TEST_SPLITS", "ProbeOptions",
+            "AnalysisConfig", "ProbeConfig", "validate_probe"]

@@ -83,7 +83,8 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path", *, resume: bool = 
         if "tasks" not in hparams:
             trained = {"config", "tokenizer"} <= set(hparams)
             what = "a train.py checkpoint" if trained else "a Lightning checkpoint of another model"
-            raise CheckpointError(f"{where}: {what}, not one written by probe.py (no probe tasks in its hyper-parameters)")
+            raise CheckpointError(f"{where}: {what}, not one written by probe.py "
+                                  "(no probe tasks in its hyper-parameters)")
     elif not {"config", "tokenizer"} <= set(hparams):
         what = "a probe run's checkpoint" if "tasks" in hparams else "a Lightning checkpoint of another model"
         raise CheckpointError(f"{where}: {what}, not one written by train.py (no config and tokenizer "

@@ -222,7 +222,8 @@ def neox_config(model: GPT, tokenizer: Tokenizer):
 @lru_cache(maxsize=1)
 def _byte_to_unicode() -> dict[int, str]:
     """GPT-2's printable stand-in character for each byte (how byte-level BPE spells bytes)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+            + list(range(ord("®"), ord("ÿ") + 1)))
     table, extra = {}, 0
     for b in range(256):
         if b in keep:
@@ -438,7 +439,8 @@ def export_checkpoint(ckpt: Union[str, Path], out_dir: Union[str, Path]) -> Path
 
     path = Path(ckpt)
     if not path.is_file():
-        raise InteropError(f"CKPT {ckpt}: no such file (a train.py checkpoint, e.g. logs/tiny/version_0/checkpoints/last.ckpt)")
+        raise InteropError(f"CKPT {ckpt}: no such file "
+                           "(a train.py checkpoint, e.g. logs/tiny/version_0/checkpoints/last.ckpt)")
     try:
         lit = GPTLitModule.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
     except Exception as e:  # a damaged or foreign file: one line, not a traceback
@@ -584,14 +586,16 @@ def load_pretrained(path: Union[str, Path]) -> Pretrained:
     model = GPT(model_cfg, tokenizer.vocab_size)
     if model.padded_vocab != padded:
         raise InteropError(f"{folder / 'config.json'}: vocab_size={padded} but the {tokenizer.name} tokenizer "
-                           f"({tokenizer.vocab_size} ids) pads to {model.padded_vocab} (a multiple of {VOCAB_MULTIPLE})")
+                           f"({tokenizer.vocab_size} ids) pads to {model.padded_vocab} "
+                           f"(a multiple of {VOCAB_MULTIPLE})")
     state = from_neox_state_dict(_read_weights(folder), model_cfg)
     expected = set(model.state_dict())
     if set(state) != expected:
         raise InteropError(f"{folder}: weights do not match the model: missing {sorted(expected - set(state))[:3]}")
     for name, t in state.items():
         if t.shape != model.state_dict()[name].shape:
-            raise InteropError(f"{folder}: {name} has shape {tuple(t.shape)}, expected {tuple(model.state_dict()[name].shape)}")
+            raise InteropError(f"{folder}: {name} has shape {tuple(t.shape)}, "
+                               f"expected {tuple(model.state_dict()[name].shape)}")
     model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
     model.eval()
     return Pretrained(model, tokenizer, train_cfg)
@@ -599,6 +603,6 @@ def load_pretrained(path: Union[str, Path]) -> Pretrained:
 
 __all__ = [
     "HF_EXTRA", "MissingExtraError", "InteropError", "require", "to_neox_state_dict", "from_neox_state_dict",
-    "neox_config", "hf_tokenizer", "gpt2_merges", "fresh_letters_processor", "export_model", "export_checkpoint", "Pretrained",
-    "is_pretrained_dir", "check_pretrained", "load_pretrained",
+    "neox_config", "hf_tokenizer", "gpt2_merges", "fresh_letters_processor", "export_model", "export_checkpoint",
+    "Pretrained", "is_pretrained_dir", "check_pretrained", "load_pretrained",
 ]

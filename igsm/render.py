@@ -86,7 +86,7 @@ class _SolutionWriter:
                 return [f"{v} = {n(0)}"]
             pairs = [(terms[i], terms[i + 1]) for i in range(0, len(terms), 2)]
             steps, products = [], []
-            for idx, ((a, x), (b, y)) in enumerate(pairs):
+            for _idx, ((a, x), (b, y)) in enumerate(pairs):
                 lhs = v if len(pairs) == 1 else self.new_letter()
                 steps.append(self.binary(lhs, a, "*", b, x, y, (x * y) % MOD))
                 products.append((lhs, (x * y) % MOD))

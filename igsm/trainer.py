@@ -309,5 +309,5 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["build_trainer", "resolve_strategy", "resolve_precision", "cpu_has_native_bf16", "wants_gpu", "AtomicCheckpointIO", "RunCheckpoint", "RunInfoWriter",
-           "run_info", "git_commit"]
+__all__ = ["build_trainer", "resolve_strategy", "resolve_precision", "cpu_has_native_bf16", "wants_gpu",
+           "AtomicCheckpointIO", "RunCheckpoint", "RunInfoWriter", "run_info", "git_commit"]

@@ -150,7 +150,7 @@ class _Leaves(dict):
     __slots__ = ()
 
     def __missing__(self, p: Param) -> str:
-        v = self[p] = "P%d" % len(self)
+        v = self[p] = f"P{len(self)}"
         return v
 
 
@@ -281,14 +281,14 @@ def _equation_tree(eq: Equation, leaf: dict):
             return "#0"
         return ins[0] if len(ins) == 1 else ("+", ins)
     if not ins:
-        return "#%d" % eq.literal
+        return f"#{eq.literal}"
     if len(ins) == 1:
         base = ins[0]
     else:
         base = ("-", ins) if eq.combine == "diff" else ("+", ins)
     if eq.literal is None:
         return base
-    return _combine("*" if eq.literal_op == "times" else "+", "#%d" % eq.literal, base)
+    return _combine("*" if eq.literal_op == "times" else "+", f"#{eq.literal}", base)
 
 
 _LEAF_RE = re.compile(r"P\d+|#\d+")
@@ -610,7 +610,7 @@ def _fragment_error(ctx: _Context, frag: str, k: int, letters: dict, defined: di
             raise _Fail("parse", f"sentence {k + 1} ({out.name}): 'so' may only start the last step")
         if complete:
             # read the finished intermediate steps as if a final step followed
-            _, value_error = _read_steps(complete + ["%s = 0" % out.letter], k, out.letter, letters, local, out)
+            _, value_error = _read_steps(complete + [f"{out.letter} = 0"], k, out.letter, letters, local, out)
             if value_error is not None:
                 return value_error, out.name
         if not _is_step_prefix(piece):

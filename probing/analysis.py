@@ -92,7 +92,8 @@ def first_wrong_case(tokenizer, problem: Problem, solution: str, report) -> Opti
     ready = all(q in known for q in problem.equations[a].inputs)
     truth = {"can_next": int(ready and a not in known)}
     truth["nece_next"] = int(truth["can_next"] and a in problem.necessary)
-    prefix = tokenizer.encode_prompt(problem.problem_text) + [i for s in sentence_ids(tokenizer, sentences[:k]) for i in s]
+    prefix = (tokenizer.encode_prompt(problem.problem_text)
+              + [i for s in sentence_ids(tokenizer, sentences[:k]) for i in s])
     return query_ids(tokenizer, prefix, problem.param_name(a)), truth
 
 
@@ -149,7 +150,8 @@ def _autocast(device: torch.device, precision: Optional[str] = None):
     a GPU, with a KV cache twice the size."""
     if precision is not None:
         dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
-        return torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False)
+        return (torch.autocast(device.type, dtype=dtype) if dtype is not None
+                else torch.autocast(device.type, enabled=False))
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
@@ -196,7 +198,8 @@ def run_analysis(module, tokenizer, gen_cfg: GeneratorConfig, cfg: AnalysisConfi
     block = backbone.cfg.block_size
     out: dict = {"sets": {}}
     a_total = a_called = a_other_total = a_other_called = 0
-    b_stats = {t: {"truth_false": 0, "probe_false": 0, "truth_true": 0, "probe_true": 0} for t in ("can_next", "nece_next")}
+    b_stats = {t: {"truth_false": 0, "probe_false": 0, "truth_true": 0, "probe_true": 0}
+               for t in ("can_next", "nece_next")}
     b_cases = b_skipped = 0
     errors: dict[str, int] = {}
     regret = {"not_ready_steps": 0, "probe_flagged_not_ready": 0, "correct_steps": 0, "probe_flagged_correct": 0}

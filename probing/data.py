@@ -311,9 +311,11 @@ class ProbeDataModule(pl.LightningDataModule if pl is not None else object):
         train = split == "train"
         if train and trainer is not None and trainer.global_step > 0:  # resumed: go on where the checkpoint stopped
             sampler = ResumeSampler(sampler if sampler is not None else SequentialSampler(ds),
-                                    trainer.global_step * trainer.accumulate_grad_batches, self.train_problems_per_batch)
+                                    trainer.global_step * trainer.accumulate_grad_batches,
+                                    self.train_problems_per_batch)
         return DataLoader(ds, batch_size=self.train_problems_per_batch if train else self.problems_per_batch,
-                          sampler=sampler, collate_fn=PairCollate(self.tokenizer.pad_id, self.batch_size if train else None),
+                          sampler=sampler,
+                          collate_fn=PairCollate(self.tokenizer.pad_id, self.batch_size if train else None),
                           num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, drop_last=False)
 
@@ -339,6 +341,7 @@ class ProbeDataModule(pl.LightningDataModule if pl is not None else object):
 
 
 __all__ = [
-    "PROBE_STREAM", "HELDOUT_STREAM", "DONOR_STREAM", "encode_part", "regret_ids", "name_ids", "sentence_ids", "ProblemTokens", "query_ids",
-    "collate_pairs", "PairCollate", "probe_problem", "problem_pairs", "ProbeDataset", "ResumeSampler", "ProbeDataModule",
+    "PROBE_STREAM", "HELDOUT_STREAM", "DONOR_STREAM", "encode_part", "regret_ids", "name_ids", "sentence_ids",
+    "ProblemTokens", "query_ids", "collate_pairs", "PairCollate", "probe_problem", "problem_pairs", "ProbeDataset",
+    "ResumeSampler", "ProbeDataModule",
 ]

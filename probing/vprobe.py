@@ -298,7 +298,8 @@ class VProbe(pl.LightningModule):
 
     # -- forward -------------------------------------------------------------------------------
 
-    def end_states(self, backbone: str, task: str, idx: Tensor, end: Tensor, *, detach_lower: bool = True) -> list[Tensor]:
+    def end_states(self, backbone: str, task: str, idx: Tensor, end: Tensor, *,
+                   detach_lower: bool = True) -> list[Tensor]:
         """The normalised hidden states at ``[END]`` for each head layer: a list of [B, d]."""
         bb = self.backbone_for(backbone, task)
         probe = self.probes[self.key(backbone, task)]
@@ -475,7 +476,8 @@ class VProbe(pl.LightningModule):
                 for l, a in sub.get("layers", {}).items():
                     if a is not None:
                         scalars[f"{prefix}/layer_{l}/acc"] = a
-            entry["majority"] = {"acc": _acc(maj_c[0, G_ALL], maj_t[0, G_ALL]), "class": self.majority_class.get(task, 0)}
+            entry["majority"] = {"acc": _acc(maj_c[0, G_ALL], maj_t[0, G_ALL]),
+                                 "class": self.majority_class.get(task, 0)}
             if entry["majority"]["acc"] is not None:
                 scalars[f"probe/{task}/majority/acc"] = entry["majority"]["acc"]
             # the flat summary of design 3.3
@@ -503,7 +505,8 @@ class VProbe(pl.LightningModule):
         majority's accuracy (last head); None when this run has no solved split."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         # every rank must take the same branch (compute() syncs): ask the data module when there is one
-        split = datamodule.solved is not None if hasattr(datamodule, "solved") else getattr(self, "_solved_split", False)
+        split = (datamodule.solved is not None if hasattr(datamodule, "solved")
+                 else getattr(self, "_solved_split", False))
         if not split:
             return None
         out = {}

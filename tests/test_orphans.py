@@ -99,7 +99,8 @@ def test_a_process_not_started_by_the_launcher_is_left_alone(env, tmp_path) -> N
             "import igsm.orphans as o; print(o._watching)")
     other = subprocess.Popen(["sleep", "120"])  # alive, and not the parent of the "rank" below
     try:
-        r = subprocess.run([sys.executable, "-c", code], env=dict(env, LOCAL_RANK="1", **{LAUNCHER_ENV: str(other.pid)}),
+        r = subprocess.run([sys.executable, "-c", code],
+                           env=dict(env, LOCAL_RANK="1", **{LAUNCHER_ENV: str(other.pid)}),
                            capture_output=True, text=True, timeout=60)
     finally:
         other.kill()
@@ -117,7 +118,8 @@ PROBE = ["probe.tasks=[nece]", "probe.test_problems=4", "probe.batch_size=6", "p
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script,moment", [("train.py", "start-up"), ("train.py", "training"), ("probe.py", "start-up")])
+@pytest.mark.parametrize("script,moment",
+                         [("train.py", "start-up"), ("train.py", "training"), ("probe.py", "start-up")])
 def test_killing_the_launcher_of_a_ddp_run_ends_every_rank(script, moment, repo_root, env, tmp_path, request) -> None:
     """SIGKILL of ``python train.py`` / ``python probe.py`` (rank 0) as soon as rank 1 exists, or
     once training has saved a checkpoint: 30 s later no process of the run is left."""

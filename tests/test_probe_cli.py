@@ -10,7 +10,8 @@ import pytest
 import probe
 
 PROBE_FAST = ["trainer.max_steps=2", "probe.test_problems=4", "probe.batch_size=6", "probe.draws=3",
-              "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "trainer.devices=1", "trainer.strategy=auto"]
+              "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "trainer.devices=1",
+              "trainer.strategy=auto"]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_probe_end_to_end(train_run, tmp_path):
     res = json.loads((run / "probe.json").read_text())
     assert res["backbone_ckpt"] == str(ckpt)
     assert set(res["tasks"]) == {"nece", "dep", "known", "value", "can_next", "nece_next"}
-    for task, e in res["tasks"].items():
+    for _task, e in res["tasks"].items():
         assert e["n_test_pairs"] > 0
         assert all(0 <= e[k] <= 1 for k in ("acc", "random_init_acc", "majority_acc"))
     assert len(res["nece_by_distance"]["acc"]) == 2  # one row per layer of the 2-layer backbone
@@ -52,7 +53,8 @@ def test_probe_end_to_end(train_run, tmp_path):
     scalars, images, text = _tags(run)
     for task in ("dep", "nece_next"):  # per-class accuracy is logged when the class has test pairs
         assert (f"probe/{task}/acc_pos" in scalars) == (res["tasks"][task]["trained"]["n_pos"] > 0)
-    for need in ("probe/nece/acc", "probe/dep/acc_neg", "probe/nece_next/acc_neg", "probe/value/acc", "probe/nece/layer_1/acc", "probe/nece/layer_2/acc",
+    for need in ("probe/nece/acc", "probe/dep/acc_neg", "probe/nece_next/acc_neg", "probe/value/acc",
+                 "probe/nece/layer_1/acc", "probe/nece/layer_2/acc",
                  "probe/can_next/random_init/acc", "probe/can_next/majority/acc", "probe/nece/train_loss",
                  "analysis/reask/accuracy"):
         assert need in scalars, need
@@ -106,8 +108,10 @@ def test_ddp_two_cpu_processes(train_run, tmp_path, repo_root, subprocess_env):
 
 def test_probe_presets():
     """configs/probe_*.yaml load with the probe schema; med and hard are the paper's recipe."""
-    tiny, med, hard = (probe.load_config(probe.ProbeConfig, [f"preset={p}"]) for p in ("probe_tiny", "probe_med", "probe_hard"))
-    assert tiny.trainer.accelerator == "cpu" and tiny.probe.tasks == ["nece", "dep", "known", "value", "can_next", "nece_next"]
+    tiny, med, hard = (probe.load_config(probe.ProbeConfig, [f"preset={p}"])
+                       for p in ("probe_tiny", "probe_med", "probe_hard"))
+    assert (tiny.trainer.accelerator == "cpu"
+            and tiny.probe.tasks == ["nece", "dep", "known", "value", "can_next", "nece_next"])
     for cfg in (med, hard):
         p = cfg.probe
         assert (p.lr, p.weight_decay, p.warmup_steps, p.rank, cfg.trainer.max_steps) == (2e-3, 0.01, 0, 8, 100_000)

@@ -145,7 +145,8 @@ def test_resuming_with_other_settings_names_them(straight, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_a_preempted_two_process_probe_run_resumes_bit_exactly(tiny_train_run, repo_root, subprocess_env, tmp_path) -> None:
+def test_a_preempted_two_process_probe_run_resumes_bit_exactly(tiny_train_run, repo_root, subprocess_env,
+                                                               tmp_path) -> None:
     """The default probe run is two DDP processes: SIGTERM to both at step 3 of 4, resume: the same
     probe.json and scalars as an uninterrupted two-process run (each rank's data shard goes on where
     it stopped; the majority control's label counts, summed over the ranks, are kept)."""

@@ -116,7 +116,8 @@ def test_backbone_stays_in_eval_mode(tok):
     # dropout 0.5 is live in train mode: the check above is sensitive to it
     idx = torch.randint(0, tok.vocab_size, (2, 16))
     gpt.train()
-    a, b = gpt(idx, compute_logits=False, output_hidden_states=True), gpt(idx, compute_logits=False, output_hidden_states=True)
+    a, b = (gpt(idx, compute_logits=False, output_hidden_states=True),
+            gpt(idx, compute_logits=False, output_hidden_states=True))
     assert not torch.equal(a.hidden_states[-1], b.hidden_states[-1])
     m.train()
     assert not gpt.training

@@ -84,7 +84,8 @@ def test_no_weight_decay_for_biases_layernorm_embeddings() -> None:
     decay, no_decay = param_groups(module.model, 0.1)
     names = {id(p): n for n, p in module.model.named_parameters()}
     assert all(p.ndim == 2 for p in decay["params"])
-    assert all(".ln_" in names[id(p)] or "ln_f" in names[id(p)] or names[id(p)].endswith("bias") or names[id(p)] == "wte.weight"
+    assert all(".ln_" in names[id(p)] or "ln_f" in names[id(p)] or names[id(p)].endswith("bias")
+               or names[id(p)] == "wte.weight"
                for p in no_decay["params"])
     assert any(names[id(p)] == "wte.weight" for p in no_decay["params"])  # the tied embedding / output head
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
@@ -468,7 +469,8 @@ def test_ddp_two_cpu_processes_shard_data_and_sync_metrics(repo_root, one_thread
     # 3 buckets x 3 batches of 4 prompts: 9 batches, so rank 0 decodes 5 and rank 1 decodes 4
     args = FAST + ["trainer.devices=2", "trainer.strategy=ddp", "trainer.max_steps=3", "trainer.checkpoint_every=3",
                    "model.canon=AC",  # Canon weights are gradients DDP reduces like any other
-                   "eval.n=12", "eval.batch_size=4", "eval.buckets=[2,3,4]", f"log_root={tmp_path / 'logs'}", "name=ddp"]
+                   "eval.n=12", "eval.batch_size=4", "eval.buckets=[2,3,4]", f"log_root={tmp_path / 'logs'}",
+                   "name=ddp"]
     r = subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, env=one_thread_env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
