@@ -501,18 +501,42 @@ def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
         "| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
+def _model_cell(r: Run) -> str:
+    canon = r.config.get("model", {}).get("canon")
+    return f"{r.n_layer} × {r.width}" + (f", Canon {canon}" if canon else "")
+
+
+def _data_cell(r: Run) -> str:
+    data = r.config.get("data", {})
+    cell = f"{data.get('preset', '?')} (max_op {data.get('max_op', '?')})"
+    if data.get("retry_rate"):  # Part 2.2 retry data (igsm/retry.py)
+        cell += f", {data.get('retry_kind', 'retry')} {data['retry_rate']}"
+        cell += ", wrong steps masked" if data.get("retry_loss") == "mask" else ""
+    return cell
+
+
 def runs_table(runs: list[Run]) -> list[str]:
-    rows = []
-    for r in runs:
-        if r.kind == "train":
-            data = r.config.get("data", {})
-            rows.append([r.label, _si(r.parameters), f"{r.n_layer} × {r.width}",
-                         f"{data.get('preset', '?')} (max_op {data.get('max_op', '?')})", _si(r.tokens_seen),
-                         r.step if r.step is not None else "-"])
+    rows = [[r.label, _si(r.parameters), _model_cell(r), _data_cell(r), _si(r.tokens_seen),
+             r.step if r.step is not None else "-"] for r in runs if r.kind == "train"]
     return _table(["run", "parameters", "layers × width", "data", "tokens seen", "step"], rows)
 
 
+def _retractions_cell(e: dict) -> str:
+    """Retractions the model wrote (``Define A as BACK.``): mean per problem, in how many
+    solutions, and how many retracted an A that was in truth not ready (true) or ready (false)."""
+    if e.get("retractions_per_problem") is None:
+        return "-"
+    return (f"{e['retractions_per_problem']:.2f} ({e.get('solutions_with_retractions', 0)} solutions; "
+            f"{e.get('true_regrets', 0)} true / {e.get('false_regrets', 0)} false)")
+
+
+def _shows_retractions(runs: list[Run]) -> bool:
+    return any(r.config.get("data", {}).get("retry_rate") for r in runs) or any(
+        (e.get("retractions_per_problem") or 0) > 0 for r in runs for e in r.eval)
+
+
 def eval_table(runs: list[Run]) -> list[str]:
+    retractions = _shows_retractions(runs)
     rows = []
     for r in runs:
         for e in r.eval:
@@ -522,9 +546,10 @@ def eval_table(runs: list[Run]) -> list[str]:
             unnecessary = e.get("unnecessary_params_per_correct")
             rows.append([r.label, e["bucket"], "train" if e.get("split") == "train" else e.get("split", "?"),
                          where, e.get("n"), _pct(e.get("accuracy")), _pct(e.get("answer_accuracy")),
-                         "-" if unnecessary is None else f"{unnecessary:.2f}"])
+                         "-" if unnecessary is None else f"{unnecessary:.2f}"]
+                        + ([_retractions_cell(e)] if retractions else []))
     return _table(["run", "bucket", "templates", "distribution", "n", "accuracy", "answer accuracy",
-                   "unnecessary / correct"], rows)
+                   "unnecessary / correct"] + (["retractions / problem"] if retractions else []), rows)
 
 
 def curve_table(run: Run) -> list[str]:
@@ -547,6 +572,23 @@ def probe_table(runs: list[Run]) -> list[str]:
                          _pct(e.get("majority_acc")), margin, e.get("n_test_pairs", "-")])
     return _table(["probe run", "backbone run", "task", "trained", "random init", "majority",
                    "margin (points over the best control)", "test pairs"], rows)
+
+
+def regret_table(runs: list[Run]) -> list[str]:
+    """The regret probe on the models' own greedy solutions (``probe.analysis=true``): how many of
+    the real ``not_ready`` steps it flags, and how many correct steps (false alarms)."""
+    rows = []
+    for r in runs:
+        regret = ((r.probe or {}).get("analysis") or {}).get("regret")
+        if regret:
+            backbone = (r.probe or {}).get("backbone", {}).get("run") or r.info.get("backbone_run", "?")
+            rows.append([r.label, backbone,
+                         f"{regret['probe_flagged_not_ready']} / {regret['not_ready_steps']}",
+                         _pct(regret.get("rate_flagged_not_ready")),
+                         f"{regret['probe_flagged_correct']} / {regret['correct_steps']}",
+                         _pct(regret.get("rate_flagged_correct"))])
+    return _table(["probe run", "backbone run", "not_ready steps flagged", "rate", "correct steps flagged",
+                   "rate (false alarms)"], rows) if rows else []
 
 
 # ------------------------------------------------------------------------------------------------
@@ -610,6 +652,11 @@ def write_report(paths: Sequence[str | Path], out: str | Path = "report") -> dic
         lines += ["## Probes", "",
                   "A probe shows knowledge when `trained` beats both controls (positive margin).", ""] \
             + probe_table(probe_runs) + [""]
+        regret = regret_table(probe_runs)
+        if regret:
+            lines += ["## The regret probe on the models' own solutions", "",
+                      "At `Define A as` of each step the verifier marks `not_ready` (the model's real mistakes) "
+                      "and of each correct step: how often the regret probe says \"mistake\".", ""] + regret + [""]
     if figures:
         lines += ["## Figures", ""]
         for caption, path in figures:
@@ -624,4 +671,5 @@ def write_report(paths: Sequence[str | Path], out: str | Path = "report") -> dic
 
 __all__ = ["Run", "ReportError", "SkippedRun", "find_run_folders", "load_run", "load_runs", "write_report",
            "accuracy_vs_op_figure", "probe_bars_figure", "nece_by_distance_figure", "depth_width_figure",
-           "depth_width_groups", "forced_op_entries", "flatten", "save_figure", "learning_curve_figure", "curve_table"]
+           "depth_width_groups", "forced_op_entries", "flatten", "save_figure", "learning_curve_figure", "curve_table",
+           "regret_table"]

@@ -126,6 +126,39 @@ def test_learning_curve_table_and_figure_from_eval_history(tmp_path) -> None:
     assert (out / "learning_curve_curve_version_0.png").read_bytes()[:4] == PNG
 
 
+def test_retry_runs_show_their_data_retractions_and_the_regret_probe_on_own_solutions(tmp_path) -> None:
+    """Issue 21's study redraws from its run folders: the retry rate, kind and loss and the Canon
+    layers in the runs table, the retractions the model wrote per bucket, and the regret probe's
+    flags on the model's own not_ready and correct steps. Runs without retry get no extra column."""
+    root = tmp_path / "logs"
+    make_train_run(root, "plain", 3, 128)
+    out = tmp_path / "report"
+    write_report([root], out)
+    assert "retractions" not in (out / "report.md").read_text()
+
+    retry = make_train_run(root, "retry", 3, 128)
+    config = (retry / "config.yaml").read_text().replace(
+        "  max_op: 4\n", "  max_op: 4\n  retry_rate: 0.2\n  retry_kind: retry_weak\n  retry_loss: mask\n")
+    (retry / "config.yaml").write_text(config.replace("  n_embd: 128\n", "  n_embd: 128\n  canon: ABCD\n"))
+    counts = {"retractions_per_problem": 0.25, "solutions_with_retractions": 2, "true_regrets": 1, "false_regrets": 1}
+    (retry / "eval.json").write_text(json.dumps([dict(e, **counts) for e in EVAL]))
+    probe = make_probe_run(root)
+    record = json.loads((probe / "probe.json").read_text())
+    record["analysis"] = {"regret": {"not_ready_steps": 40, "probe_flagged_not_ready": 30, "correct_steps": 200,
+                                     "probe_flagged_correct": 10, "rate_flagged_not_ready": 0.75,
+                                     "rate_flagged_correct": 0.05}}
+    (probe / "probe.json").write_text(json.dumps(record))
+    write_report([root], out)
+    md = (out / "report.md").read_text()
+    assert ("| retry/version_0 | 384k | 3 × 128, Canon ABCD | tiny (max_op 4), retry_weak 0.2, wrong steps masked |"
+            in md)
+    assert "| plain/version_0 | 384k | 3 × 128 | tiny (max_op 4) |" in md
+    assert ("| retry/version_0 | op=3 | test | in | 8 | 37.5% | 50.0% | 0.00 | 0.25 (2 solutions; 1 true / 1 false) |"
+            in md)
+    assert "| plain/version_0 | op=3 | test | in | 8 | 37.5% | 50.0% | 0.00 | - |" in md
+    assert "| wide_probe/version_0 | wide | 30 / 40 | 75.0% | 10 / 200 | 5.0% |" in md
+
+
 def test_depth_width_grid_groups_runs_that_differ_only_in_depth_and_width(runs_root) -> None:
     runs, _ = load_runs([runs_root])
     groups = depth_width_groups(runs)
