@@ -34,7 +34,8 @@ def test_ci_runs_the_readme_setup_in_a_fresh_venv(repo_root) -> None:
     after_setup = ci[venv + 2 + len(install):]
     assert after_setup[0] == "ruff check ."
     assert after_setup[1].startswith("python train.py")  # the main job with only the README's install
-    assert after_setup[-1] == "python -m pytest -q" == readme[-1]  # the README's test command, last
+    assert after_setup[-2:] == [readme[-1], "python -m pytest -q -m slow"]  # the README's tests, then the slow ones
+    assert readme[-1] == "python -m pytest -q"
     assert not any(c.startswith(("pip", "python -m pip")) for c in ci[:venv])  # nothing installed outside
 
 
