@@ -26,6 +26,7 @@ from rank 0 by Lightning, so ranks started by SLURM or by Lightning agree on the
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
@@ -211,7 +212,20 @@ def build_trainer(
         plugins=[AtomicCheckpointIO()],
     )
     kwargs.update(trainer_kwargs)
+    atexit.unregister(destroy_process_group)  # registered once, however many trainers a process builds
+    atexit.register(destroy_process_group)
     return L.Trainer(**kwargs)
+
+
+def destroy_process_group() -> None:
+    """End this process's torch.distributed group, if any, while the interpreter is still whole.
+    Left to interpreter shutdown, gloo's worker threads can outlive it and abort the process
+    ("terminate called without an active exception", exit status -6) after a run that finished:
+    a sweep would count that run as failed. Registered with atexit by :func:`build_trainer`."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def resolve_strategy(cfg: TrainerConfig):
@@ -309,5 +323,5 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["build_trainer", "resolve_strategy", "resolve_precision", "cpu_has_native_bf16", "wants_gpu",
-           "AtomicCheckpointIO", "RunCheckpoint", "RunInfoWriter", "run_info", "git_commit"]
+__all__ = ["build_trainer", "destroy_process_group", "resolve_strategy", "resolve_precision", "cpu_has_native_bf16",
+           "wants_gpu", "AtomicCheckpointIO", "RunCheckpoint", "RunInfoWriter", "run_info", "git_commit"]

@@ -218,6 +218,30 @@ def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16(monkeypatch) -> No
     assert resolve_precision(cfg.trainer) == "bf16-mixed"  # an explicit value is kept
 
 
+def test_the_process_group_is_destroyed_at_exit_while_the_interpreter_is_whole(monkeypatch, tmp_path) -> None:
+    """Left to interpreter shutdown, gloo's threads can abort a finished DDP rank (exit status -6,
+    "terminate called without an active exception"): build_trainer registers the clean-up once."""
+    import atexit
+
+    import torch.distributed as dist
+
+    import igsm.trainer as trainer_module
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    monkeypatch.setattr(atexit, "unregister", lambda f: registered.remove(f) if f in registered else None)
+    cfg = load_config(TrainConfig, FAST)
+    for _ in range(2):
+        trainer_module.build_trainer(cfg.trainer, "t", log_root=str(tmp_path), enable_model_summary=False)
+    assert registered == [trainer_module.destroy_process_group]
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    trainer_module.destroy_process_group()
+    assert not dist.is_initialized()
+    trainer_module.destroy_process_group()  # nothing to end: no error
+
+
 # -- train.py end to end -----------------------------------------------------------------------
 
 def test_train_py_end_to_end_writes_run_folder_and_eval_json(repo_root, one_thread_env, tmp_path) -> None:
