@@ -559,11 +559,16 @@ def curve_table(run: Run) -> list[str]:
     return _table(["step", "tokens"] + list(curves), rows)
 
 
+def _backbone_label(r: Run) -> str:
+    """The training run a probe run read (probe.json, else run_info.json)."""
+    return (r.probe or {}).get("backbone", {}).get("run") or r.info.get("backbone_run", "?")
+
+
 def probe_table(runs: list[Run]) -> list[str]:
     rows = []
     for r in runs:
         probe = r.probe or {}
-        backbone = probe.get("backbone", {}).get("run") or r.info.get("backbone_run", "?")
+        backbone = _backbone_label(r)
         for task, e in probe.get("tasks", {}).items():
             acc = e.get("acc")
             controls = [c for c in (e.get("random_init_acc"), e.get("majority_acc")) if c is not None]
@@ -581,8 +586,7 @@ def regret_table(runs: list[Run]) -> list[str]:
     for r in runs:
         regret = ((r.probe or {}).get("analysis") or {}).get("regret")
         if regret:
-            backbone = (r.probe or {}).get("backbone", {}).get("run") or r.info.get("backbone_run", "?")
-            rows.append([r.label, backbone,
+            rows.append([r.label, _backbone_label(r),
                          f"{regret['probe_flagged_not_ready']} / {regret['not_ready_steps']}",
                          _pct(regret.get("rate_flagged_not_ready")),
                          f"{regret['probe_flagged_correct']} / {regret['correct_steps']}",

@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from igsm.config import AnalysisConfig  # noqa: E402
 from igsm.data import generator_config  # noqa: E402
+from igsm.decode import greedy_decode  # noqa: E402
 from igsm.verify import verify_solution  # noqa: E402
-from probing.analysis import _decode_fitting, analysis_problems, regret_cases  # noqa: E402
+from probing.analysis import analysis_problems, regret_cases  # noqa: E402
 from probing.vprobe import VProbe, load_backbone  # noqa: E402
 
 
@@ -49,7 +50,8 @@ def main() -> None:
         problems = analysis_problems(gen_cfg, kind, args.n or analysis.n, checkpoint["probe_config"]["seed"],
                                      analysis.reask_op)
         prompts = [tok.encode_prompt(q.problem_text) for q in problems]
-        gens, _ = _decode_fitting(model, tok, prompts, analysis.batch_size, analysis.max_new_tokens)
+        gens = greedy_decode(model, prompts, max_new_tokens=analysis.max_new_tokens, stop_ids=[tok.eos_id],
+                             pad_id=tok.pad_id, batch_size=analysis.batch_size)  # the analysis's batches
         for problem, gen in zip(problems, gens):
             solution, answer = tok.parse_generation(gen)
             for ids, mistake in regret_cases(tok, problem, solution, verify_solution(problem, solution, answer)):
