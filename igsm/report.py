@@ -388,7 +388,7 @@ def probe_bars_figure(probe: dict, title: str = ""):
     if not tasks:
         return None
     bars = (("acc", "trained backbone", "tab:blue"), ("random_init_acc", "random-init backbone", "tab:orange"),
-            ("majority_acc", "majority guess", "tab:grey"))
+            ("majority_acc", "majority (best constant)", "tab:grey"))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(tasks) + 2), 4.2), dpi=100)
     width = 0.27
     for i, (key, label, colour) in enumerate(bars):
