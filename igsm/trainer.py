@@ -127,18 +127,25 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
+_process_start_counted = False  # RunInfoWriter: whether a run of this process has counted its start-up
+
+
 class RunInfoWriter(Callback):
     """Writes config.yaml and run_info.json into the run folder on rank 0 when a stage starts, and
     ``run_time.json``, the wall time of each session of the run (a resumed run adds one), at every
     evaluation, checkpoint and stage end: ``{"wall_s": total, "sessions": [{"started", "wall_s",
-    "first_step", "last_step"}]}``, from the process's start on."""
+    "first_step", "last_step"}]}``."""
 
     def __init__(self, config_yaml: str, extra_info: Optional[dict] = None) -> None:
         self.config_yaml = config_yaml
         self.extra_info = extra_info or {}
+        global _process_start_counted
         from .record import process_start_time
 
-        self.started = process_start_time()  # the session's wall time counts start-up too
+        # The first run of a process counts its start-up too (imports, data); a later one (a
+        # notebook, a test session) counts from its Trainer's creation.
+        self.started = time.time() if _process_start_counted else process_start_time()
+        _process_start_counted = True
         self.run_dir: Optional[Path] = None  # rank 0, once the run folder is known
         self.sessions: list[dict] = []
 
