@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -100,7 +102,20 @@ def test_records_in_the_repository_are_small_and_hold_no_checkpoint(repo_root) -
     """Every record under records/ (committed) stays under RECORD_MAX_BYTES and holds no checkpoint
     or TensorBoard event file."""
     records = repo_root / "records"
-    assert record_problems(records) == [] if records.is_dir() else True
+    if records.is_dir():
+        assert record_problems(records) == []
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_git_keeps_the_jsonl_files_of_records(repo_root) -> None:
+    """*.jsonl is ignored (generated data), except a record's eval_history.jsonl."""
+    if not (repo_root / ".git").exists():
+        pytest.skip("not a git checkout")
+
+    def ignored(path: str) -> bool:
+        return subprocess.run(["git", "check-ignore", "-q", path], cwd=repo_root).returncode == 0
+
+    assert not ignored("records/study/run/eval_history.jsonl") and ignored("problems.jsonl")
 
 
 def test_record_problems_catch_checkpoints_events_and_big_folders(tmp_path) -> None:
