@@ -60,9 +60,10 @@ def _check(kind: str, weak_from: str) -> None:
         raise ValueError(f"retry_weak_from={weak_from!r}: one of {list(RETRY_WEAK_FROM)}")
 
 
-def retry_candidates(problem: Problem, k: int, kind: str, weak_from: str = "next",
+def retry_candidates(problem: Problem, k: int, kind: str, weak_from: str,
                      inputs: dict[Param, tuple[Param, ...]] | None = None) -> list[Param]:
     """The parameters a wrong step before solution sentence ``k`` may name (in a fixed order).
+    ``weak_from`` (``GeneratorConfig.retry_weak_from``) matters for ``retry_weak`` only;
     ``inputs``: :func:`structure_inputs` of the problem, when the caller already has it."""
     _check(kind, weak_from)
     order = problem.solution_order
@@ -74,7 +75,7 @@ def retry_candidates(problem: Problem, k: int, kind: str, weak_from: str = "next
 
 
 def draw_retries(problem: Problem, rate: float, kind: str, rng: random.Random,
-                 weak_from: str = "next") -> list[tuple[int, Param]]:
+                 weak_from: str) -> list[tuple[int, Param]]:
     """``[(k, A), ...]``: the wrong steps to insert before solution sentence k, in text order."""
     _check(kind, weak_from)
     out: list[tuple[int, Param]] = []
@@ -89,7 +90,7 @@ def draw_retries(problem: Problem, rate: float, kind: str, rng: random.Random,
     return out
 
 
-def add_retries(problem: Problem, rate: float, kind: str, rng: random.Random, weak_from: str = "next") -> None:
+def add_retries(problem: Problem, rate: float, kind: str, rng: random.Random, weak_from: str) -> None:
     """Fill ``problem.retries`` from a stream derived from ``rng`` (``rng`` is not advanced)."""
     problem.retries = draw_retries(problem, rate, kind, retry_rng(rng), weak_from) if rate > 0 else []
 

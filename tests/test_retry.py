@@ -65,7 +65,7 @@ def test_retry_candidates_equal_an_independent_enumeration(preset):
         for k in range(len(p.solution_order)):
             known = set(p.solution_order[:k])
             expected = {q for q, ins in by_hand.items() if q not in known and not ins <= known}
-            got = retry_candidates(p, k, "retry")
+            got = retry_candidates(p, k, "retry", "next")
             assert len(got) == len(set(got)) and set(got) == expected, (preset, k)
             outside += sum(q not in p.equations for q in got)
             assert retry_candidates(p, k, "retry_weak", "next") == p.solution_order[k:]
