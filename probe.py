@@ -146,13 +146,14 @@ def summary_lines(results: dict) -> list[str]:
 
     positive = any("positive_acc" in e for e in results["tasks"].values())
     extra = f"  {'positive':>8}  {'fine-tuned':>10}" if positive else ""
-    lines = [f"{'task':>10}  {'trained':>8}  {'random':>8}  {'majority':>8}{extra}  {'n':>6}"]
+    lines = [f"{'task':>10}  {'trained':>8}  {'balanced':>8}  {'random':>8}  {'majority':>8}{extra}  {'n':>6}"]
     for task, e in results["tasks"].items():
         extra = f"  {pct(e.get('positive_acc')):>8}  {pct(e.get('positive_finetuned_acc')):>10}" if positive else ""
-        lines.append(f"{task:>10}  {pct(e.get('acc')):>8}  {pct(e.get('random_init_acc')):>8}  "
+        lines.append(f"{task:>10}  {pct(e.get('acc')):>8}  {pct(e.get('balanced_acc')):>8}  "
+                     f"{pct(e.get('random_init_acc')):>8}  "
                      f"{pct(e.get('majority_acc')):>8}{extra}  {e['n_test_pairs']:>6}")
         for group, g in e.get("by_solved", {}).items():
-            lines.append(f"{'  ' + group:>10}  {pct(g.get('acc')):>8}  {pct(g.get('random_init_acc')):>8}  "
+            lines.append(f"{'  ' + group:>10}  {pct(g.get('acc')):>8}  {'':>8}  {pct(g.get('random_init_acc')):>8}  "
                          f"{pct(g.get('majority_acc')):>8}"
                          + (f"  {pct(g.get('positive_acc')):>8}  {'':>10}" if positive else "")
                          + f"  {g['n_test_pairs']:>6}")
@@ -200,7 +201,7 @@ def build_controls(cfg: ProbeConfig, backbone, gen_cfg, datamodule) -> tuple[Opt
             positive[task] = finetune_positive(
                 backbone.model, backbone.tokenizer, gen_cfg, task, steps=p.positive_steps, lr=p.positive_lr,
                 batch_size=p.batch_size, draws=p.draws, seed=cfg.seed, shuffle_labels=p.shuffle_labels,
-                bf16=bf16, device=device)
+                bf16=bf16, device=device, ops=datamodule.train_ops())
             print(f"positive control: fine-tuned a copy for {task} ({p.positive_steps} steps, {time.time() - t0:.0f}s)")
     return positive, solved
 

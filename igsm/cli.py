@@ -1,4 +1,4 @@
-"""``python -m igsm generate | verify | stats | show | report | export`` (design 3.1).
+"""``python -m igsm generate | verify | stats | show | report | record | export`` (design 3.1).
 
 Errors a user can cause (bad flags, unreadable files, bad world files, malformed lines) end the
 program with exit code 2 and one line on stderr, never a traceback.
@@ -19,6 +19,7 @@ import os
 import statistics
 import sys
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Optional
 
 from .config import GENERATOR_PRESETS, OP_SAMPLING, RETRY_WEAK_FROM, ConfigError, GeneratorConfig, generator_preset
@@ -408,6 +409,28 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+# record (igsm.record)
+# ----------------------------------------------------------------------------------------------
+def cmd_record(a: argparse.Namespace) -> int:
+    from .record import RECORD_MAX_BYTES, RecordError, make_record
+
+    try:
+        record = make_record(a.run_dir, a.dest, force=a.force, commit=a.commit)
+    except RecordError as e:
+        raise CLIError(str(e)) from None
+    size = sum(f.stat().st_size for f in Path(a.dest).iterdir() if f.is_file())
+    state = "finished" if record["finished"] else "not finished"
+    wall = "?" if record["wall_s"] is None else f"{record['wall_s'] / 60:.1f} min"
+    print(f"recorded {a.run_dir} ({record['kind']} run, step {record['step']}, {state}, {wall}) to {a.dest}: "
+          f"{', '.join(record['files'] + ['record.json'])}; {size / 1000:.0f} KB")
+    if size > RECORD_MAX_BYTES:
+        status(f"warning: {a.dest} is {size:,} bytes, more than the {RECORD_MAX_BYTES:,} a committed record may "
+               "hold (tests/test_record.py)")
+    if record["git_commit"] is None:
+        status("warning: the run folder names no git commit (pass --commit SHA)")
+    return 0
+
+
 # show
 # ----------------------------------------------------------------------------------------------
 FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
@@ -574,6 +597,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders, or folders holding runs (logs/)")
     r.add_argument("--out", default="report", help="output folder (default: report/)")
     r.set_defaults(func=cmd_report)
+    rec = sub.add_parser("record", help="copy a run folder's numbers (no checkpoints) to records/<study>/<run>",
+                         description="Copy from a train.py or probe.py run folder what `report` needs to redraw "
+                                     "its tables and curves (config, evaluations, training loss, probe.json, CPU, "
+                                     "wall time), without checkpoints or TensorBoard events (docs/report.md).")
+    rec.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. logs/tiny/version_0")
+    rec.add_argument("dest", metavar="DEST", help="the record folder, e.g. records/<study>/<run>")
+    rec.add_argument("--force", action="store_true", help="replace DEST if it exists and is not empty")
+    rec.add_argument("--commit", default=None,
+                     help="git commit of the run's code, kept where the run folder names none")
+    rec.set_defaults(func=cmd_record)
     add_show_parser(sub)
     e = sub.add_parser("export", help="write a train.py checkpoint as a Hugging Face transformers folder")
     e.add_argument("ckpt", metavar="CKPT", help="a train.py checkpoint, e.g. logs/tiny/version_0/checkpoints/last.ckpt")

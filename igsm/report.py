@@ -2,7 +2,9 @@
 
 Reads the folders ``train.py`` and ``probe.py`` write (``config.yaml``, ``run_info.json``,
 ``eval.json``, ``probe.json``; a folder that holds many runs, such as ``logs/``, is searched for
-them) and writes into ``DIR`` (default ``report/``):
+them) or the records ``python -m igsm record`` makes of them (``records/<study>/<run>``, the same
+files, the training loss as ``train_loss.csv`` instead of TensorBoard events; :mod:`igsm.record`),
+and writes into ``DIR`` (default ``report/``):
 
 - ``report.md``: a table of runs, a table of accuracy per evaluation bucket, a table of probe
   accuracy beside both controls, and links to the figures;
@@ -13,7 +15,9 @@ them) and writes into ``DIR`` (default ``report/``):
 - ``depth_width_<k>.png``: for training runs that differ only in depth and width, a layers × width
   grid coloured by out-of-distribution accuracy, the parameter count in each cell;
 - ``learning_curve_<run>.png``: for a run evaluated more than once (``trainer.eval_every``; its
-  ``eval_history.jsonl``), accuracy per bucket against training tokens, also as a table.
+  ``eval_history.jsonl``), accuracy per bucket against training tokens, also as a table;
+- ``train_loss_<run>.png``: the training loss against training tokens (a record's
+  ``train_loss.csv``, else the run's TensorBoard events).
 
 A run with missing or partial files is named in one line (``skipped ...: why``) and left out; the
 report never fails because of one run. The figure functions are shared with TensorBoard
@@ -64,6 +68,22 @@ class Run:
     eval: list[dict] = field(default_factory=list)  # eval.json entries
     probe: Optional[dict] = None  # probe.json
     history: list[dict] = field(default_factory=list)  # eval_history.jsonl: every evaluation's entries
+    loss: list[tuple[int, float]] = field(default_factory=list)  # (step, train/loss), ascending
+    record: dict = field(default_factory=dict)  # record.json (a record folder)
+    run_time: dict = field(default_factory=dict)  # run_time.json
+
+    # -- where and how long it ran -------------------------------------------------------------
+    @property
+    def cpu(self) -> Optional[dict]:
+        return self.record.get("cpu") or self.info.get("cpu")
+
+    @property
+    def wall_s(self) -> Optional[float]:
+        if self.record.get("wall_s") is not None:
+            return self.record["wall_s"]
+        if self.run_time.get("wall_s") is not None:
+            return self.run_time["wall_s"]
+        return (self.probe or {}).get("time_s")
 
     # -- training facts ----------------------------------------------------------------------
     @property
@@ -154,8 +174,12 @@ def load_run(folder: Path) -> Run:
     config = _read_config(folder / "config.yaml")
     kind = "probe" if info.get("kind") == "probe" or (folder / "probe.json").is_file() or "probe" in config else "train"
     name = config.get("name") or folder.parent.name
-    label = f"{name}/{folder.name}" if folder.name.startswith("version_") else str(name)
-    run = Run(folder, label, kind, config, info)
+    record = _optional_json(folder / "record.json")
+    if record:  # records/<study>/<run>: the study and the run's own folder name it
+        label = f"{folder.parent.name}/{folder.name}"
+    else:
+        label = f"{name}/{folder.name}" if folder.name.startswith("version_") else str(name)
+    run = Run(folder, label, kind, config, info, record=record, run_time=_optional_json(folder / "run_time.json"))
     if kind == "train":
         if not (folder / "eval.json").is_file():
             raise SkippedRun("no eval.json (not evaluated yet)")
@@ -165,6 +189,9 @@ def load_run(folder: Path) -> Run:
                 raise SkippedRun(f"eval.json entry {i} lacks bucket/op/split/n/accuracy")
         run.eval = entries
         run.history = _read_history(folder / "eval_history.jsonl")
+        from .record import loss_history
+
+        run.loss = loss_history(folder).get("train/loss", [])
     else:
         if not (folder / "probe.json").is_file():
             raise SkippedRun("no probe.json (probing not finished)")
@@ -173,6 +200,15 @@ def load_run(folder: Path) -> Run:
             raise SkippedRun("probe.json has no 'tasks'")
         run.probe = probe
     return run
+
+
+def _optional_json(path: Path) -> dict:
+    """A JSON object file that only adds facts: {} when missing or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _read_history(path: Path) -> list[dict]:
@@ -352,7 +388,7 @@ def probe_bars_figure(probe: dict, title: str = ""):
     if not tasks:
         return None
     bars = (("acc", "trained backbone", "tab:blue"), ("random_init_acc", "random-init backbone", "tab:orange"),
-            ("majority_acc", "majority guess", "tab:grey"))
+            ("majority_acc", "majority (best constant)", "tab:grey"))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(tasks) + 2), 4.2), dpi=100)
     width = 0.27
     for i, (key, label, colour) in enumerate(bars):
@@ -471,6 +507,25 @@ def learning_curve_figure(run: Run, title: str = ""):
     return fig
 
 
+def train_loss_figure(run: Run, title: str = ""):
+    """The training loss (``train/loss`` as logged, every ``log_every_n_steps``) against training
+    tokens; None with fewer than two points."""
+    if len(run.loss) < 2:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    steps = [s for s, _ in run.loss]
+    tokens = [run.tokens_at(s) or s for s in steps]
+    ax.plot(tokens, [v for _, v in run.loss], lw=1)
+    ax.set_xlabel("training tokens" if run.tokens_at(steps[-1]) else "step")
+    ax.set_ylabel("training loss (cross-entropy, nats per token)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title(title or f"Training loss: {run.label}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def save_figure(fig, path: Path) -> Path:
     """Write a figure as PNG and free it."""
     import matplotlib.pyplot as plt
@@ -559,6 +614,23 @@ def curve_table(run: Run) -> list[str]:
     return _table(["step", "tokens"] + list(curves), rows)
 
 
+def provenance_table(runs: list[Run]) -> list[str]:
+    """Where and how long each run ran (records, and run folders that say): CPU, wall time, commit,
+    command. Empty when no run says."""
+    from .record import cpu_summary
+
+    rows = []
+    for r in runs:
+        if not (r.record or r.run_time or r.cpu):
+            continue
+        wall = "-" if r.wall_s is None else f"{r.wall_s / 60:.1f} min"
+        commit = (r.record.get("git_commit") or r.info.get("igsm_commit") or "-")[:10]
+        command = r.record.get("command") or r.info.get("command") or "-"
+        rows.append([r.label, r.kind, cpu_summary(r.cpu), wall, r.record.get("step", r.step) or "-", commit,
+                     f"`{command}`" if command != "-" else command])
+    return _table(["run", "kind", "CPU", "wall time", "step", "commit", "command"], rows) if rows else []
+
+
 def _backbone_label(r: Run) -> str:
     """The training run a probe run read (probe.json, else run_info.json)."""
     return (r.probe or {}).get("backbone", {}).get("run") or r.info.get("backbone_run", "?")
@@ -575,11 +647,14 @@ def probe_table(runs: list[Run]) -> list[str]:
             controls = [c for c in (e.get("random_init_acc"), e.get("majority_acc"), e.get("necessity_acc"))
                         if c is not None]
             margin = "-" if acc is None or not controls else f"{100 * (acc - max(controls)):+.1f}"
+            balanced = ("-" if e.get("balanced_acc") is None and e.get("random_init_balanced_acc") is None
+                        else f"{_pct(e.get('balanced_acc'))} / {_pct(e.get('random_init_balanced_acc'))}")
             rows.append([r.label, backbone, task, _pct(acc), _pct(e.get("random_init_acc")),
-                         _pct(e.get("majority_acc")), _pct(e.get("necessity_acc")), margin,
+                         _pct(e.get("majority_acc")), _pct(e.get("necessity_acc")), margin, balanced,
                          e.get("n_test_pairs", "-")])
-    return _table(["probe run", "backbone run", "task", "trained", "random init", "majority", "necessity only",
-                   "margin (points over the best control)", "test pairs"], rows)
+    return _table(["probe run", "backbone run", "task", "trained", "random init", "majority (best constant)",
+                   "necessity only", "margin (points over the best control)",
+                   "balanced accuracy (trained / random init)", "test pairs"], rows)
 
 
 def regret_table(runs: list[Run]) -> list[str]:
@@ -637,6 +712,10 @@ def write_report(paths: Sequence[str | Path], out: str | Path = "report") -> dic
     for r in curve_runs:
         fig = learning_curve_figure(r)
         figures.append((f"Learning curve of {r.label}", save_figure(fig, out / f"learning_curve_{slug(r.label)}.png")))
+    for r in train_runs:
+        fig = train_loss_figure(r)
+        if fig is not None:
+            figures.append((f"Training loss of {r.label}", save_figure(fig, out / f"train_loss_{slug(r.label)}.png")))
     for k, group in enumerate(depth_width_groups(train_runs)):
         figures.append((f"Depth vs width: {', '.join(r.label for r in group)}",
                         save_figure(depth_width_figure(group), out / f"depth_width_{k}.png")))
@@ -664,6 +743,11 @@ def write_report(paths: Sequence[str | Path], out: str | Path = "report") -> dic
             lines += ["## The regret probe on the models' own solutions", "",
                       "At `Define A as` of each step the verifier marks `not_ready` (the model's real mistakes) "
                       "and of each correct step: how often the regret probe says \"mistake\".", ""] + regret + [""]
+    provenance = provenance_table(runs)
+    if provenance:
+        lines += ["## Where and how long", "", "CPU (its widest vector extensions), wall time summed over the "
+                  "run's sessions, git commit and command, from `record.json` or the run folder.", ""] \
+            + provenance + [""]
     if figures:
         lines += ["## Figures", ""]
         for caption, path in figures:
@@ -679,4 +763,4 @@ def write_report(paths: Sequence[str | Path], out: str | Path = "report") -> dic
 __all__ = ["Run", "ReportError", "SkippedRun", "find_run_folders", "load_run", "load_runs", "write_report",
            "accuracy_vs_op_figure", "probe_bars_figure", "nece_by_distance_figure", "depth_width_figure",
            "depth_width_groups", "forced_op_entries", "flatten", "save_figure", "learning_curve_figure", "curve_table",
-           "regret_table"]
+           "regret_table", "train_loss_figure", "provenance_table"]

@@ -83,7 +83,9 @@ def log_probe_figures(writer, results: dict, step: int, config: Optional[dict] =
         if fig is not None:
             writer.add_figure("figures/nece_by_distance", fig, global_step=step, close=True)
     if config is not None:
-        log_hparams(writer, config, [f"probe/{task}/acc" for task in results.get("tasks", {})])
+        tasks = results.get("tasks", {})
+        log_hparams(writer, config, [f"probe/{task}/acc" for task in tasks]
+                    + [f"probe/{task}/balanced_acc" for task, e in tasks.items() if e.get("balanced_acc") is not None])
     writer.flush()
 
 

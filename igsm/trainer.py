@@ -27,10 +27,12 @@ from rank 0 by Lightning, so ranks started by SLURM or by Lightning agree on the
 from __future__ import annotations
 
 import atexit
+import datetime
 import json
 import os
 import platform
 import sys
+import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -125,12 +127,27 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
+_process_start_counted = False  # RunInfoWriter: whether a run of this process has counted its start-up
+
+
 class RunInfoWriter(Callback):
-    """Writes config.yaml and run_info.json into the run folder on rank 0 when a stage starts."""
+    """Writes config.yaml and run_info.json into the run folder on rank 0 when a stage starts, and
+    ``run_time.json``, the wall time of each session of the run (a resumed run adds one), at every
+    evaluation, checkpoint and stage end: ``{"wall_s": total, "sessions": [{"started", "wall_s",
+    "first_step", "last_step"}]}``."""
 
     def __init__(self, config_yaml: str, extra_info: Optional[dict] = None) -> None:
         self.config_yaml = config_yaml
         self.extra_info = extra_info or {}
+        global _process_start_counted
+        from .record import process_start_time
+
+        # The first run of a process counts its start-up too (imports, data); a later one (a
+        # notebook, a test session) counts from its Trainer's creation.
+        self.started = time.time() if _process_start_counted else process_start_time()
+        _process_start_counted = True
+        self.run_dir: Optional[Path] = None  # rank 0, once the run folder is known
+        self.sessions: list[dict] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -144,6 +161,45 @@ class RunInfoWriter(Callback):
         header = "".join(f"# {k}: {v}\n" for k, v in info.items())
         _write_atomic(run_dir / "config.yaml", header + self.config_yaml)
         _write_atomic(run_dir / "run_info.json", json.dumps(info, indent=2) + "\n")
+        if self.run_dir is None:  # one session per process, however many fit calls
+            try:
+                self.sessions = list(json.loads((run_dir / "run_time.json").read_text())["sessions"])
+            except (OSError, ValueError, KeyError, TypeError):
+                self.sessions = []
+            started = datetime.datetime.fromtimestamp(self.started, datetime.timezone.utc)
+            # the steps are known once a resumed run's checkpoint is loaded (on_train_start)
+            self.sessions.append({"started": started.isoformat(timespec="seconds"), "wall_s": 0.0,
+                                  "first_step": None, "last_step": None})
+            self.run_dir = run_dir
+        self._write_time(trainer)
+
+    def _write_time(self, trainer: L.Trainer) -> None:
+        if self.run_dir is None or not trainer.is_global_zero:
+            return
+        session = self.sessions[-1]
+        session["wall_s"] = round(time.time() - self.started, 1)
+        if session["first_step"] is not None:
+            session["last_step"] = max(session["last_step"], trainer.global_step)
+        total = round(sum(s["wall_s"] for s in self.sessions), 1)
+        try:
+            _write_atomic(self.run_dir / "run_time.json",
+                          json.dumps({"wall_s": total, "sessions": self.sessions}, indent=2) + "\n")
+        except OSError:  # the folder went away (a test's temporary folder): nothing to keep
+            pass
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.run_dir is not None and self.sessions[-1]["first_step"] is None:
+            self.sessions[-1]["first_step"] = self.sessions[-1]["last_step"] = trainer.global_step
+        self._write_time(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write_time(trainer)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self._write_time(trainer)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._write_time(trainer)
 
 
 def build_trainer(
@@ -281,10 +337,12 @@ def resolve_precision(cfg: TrainerConfig) -> str:
 
 
 def run_info() -> dict:
-    """Library versions and the git commit of the code (read from .git, no git process)."""
+    """Library versions, the git commit of the code (read from .git, no git process) and the CPU."""
     import lightning
     import omegaconf
     import torchmetrics
+
+    from .record import cpu_info
 
     return {
         "igsm_commit": git_commit(Path(__file__).resolve().parent.parent),
@@ -296,20 +354,25 @@ def run_info() -> dict:
         "cuda": torch.version.cuda,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+        "cpu": cpu_info(),
     }
 
 
 def git_commit(repo: Path) -> Optional[str]:
-    """The commit HEAD points to, read from the .git folder; None outside a git checkout."""
+    """The commit HEAD points to, read from the .git folder (or, in a linked worktree, from the
+    folder its ``.git`` file names); None outside a git checkout."""
     try:
         git = repo / ".git"
+        if git.is_file():  # a worktree: "gitdir: <main>/.git/worktrees/<name>"; refs live in the common dir
+            git = (repo / git.read_text().strip().removeprefix("gitdir: ")).resolve()
         head = (git / "HEAD").read_text().strip()
         if not head.startswith("ref: "):
             return head
         ref = head[5:]
-        if (git / ref).is_file():
-            return (git / ref).read_text().strip()
-        for line in (git / "packed-refs").read_text().splitlines():
+        common = (git / (git / "commondir").read_text().strip()).resolve() if (git / "commondir").is_file() else git
+        if (common / ref).is_file():
+            return (common / ref).read_text().strip()
+        for line in (common / "packed-refs").read_text().splitlines():
             if line.endswith(" " + ref):
                 return line.split()[0]
     except OSError:

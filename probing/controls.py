@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Optional
 
@@ -67,10 +68,11 @@ def _autocast(device: torch.device, bf16: bool):
 
 def finetune_positive(backbone: GPT, tokenizer, gen_cfg: GeneratorConfig, task: str, *, steps: int,
                       lr: float, batch_size: int, draws: int, seed: int, shuffle_labels: bool = False,
-                      bf16: bool = False, device: str = "cpu", weight_decay: float = 0.0) -> FineTuned:
+                      bf16: bool = False, device: str = "cpu", weight_decay: float = 0.0,
+                      ops: Optional[Sequence[int]] = None) -> FineTuned:
     """A frozen copy of ``backbone`` fine-tuned (all weights) to hold ``task``'s label at ``[END]``.
 
-    Trained on the probe's own training pairs (same problems, draws and label shuffling), AdamW
+    Trained on the probe's own training pairs (same problems, draws, label shuffling and ``ops``), AdamW
     with a linear decay to 0 over ``steps``. Returned on the CPU, in eval mode, without gradients.
     """
     check_task(task)
@@ -85,7 +87,7 @@ def finetune_positive(backbone: GPT, tokenizer, gen_cfg: GeneratorConfig, task: 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, (steps - s) / steps))
     per_batch = max(1, math.ceil(batch_size / max(1, draws // 2)))  # as ProbeDataModule's training loader
     data = ProbeDataset(tokenizer, gen_cfg, task, "train", steps * per_batch, seed, draws,
-                        shuffle_labels=shuffle_labels)
+                        shuffle_labels=shuffle_labels, ops=ops)
     loader = DataLoader(data, batch_size=per_batch, collate_fn=PairCollate(tokenizer.pad_id, batch_size))
     for batch in loader:
         if batch["label"].numel() == 0:

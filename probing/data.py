@@ -22,6 +22,12 @@ gathers ``hidden[arange(B), end]``. Padding after ``[END]`` cannot change it (ca
 A problem is a pure function of its index: ``problem_rng(seed, "probe", split, index)``; the
 draws of a task come from ``problem_rng(seed, "probe", split, index, task)``, so every task sees
 the same problems and every rank, worker or restart the same pairs.
+
+Training and test pairs share one op distribution (docs/probing.md, "Training and test pairs share
+their op distribution"): test-template problems have op >= 2 and more long problems than the
+training distribution, and a label's balance depends on op (nece: 26% positive at op = 1, ~90% at
+op = 4). So when the test pairs come from test templates, each training problem draws its op from
+the test problems' ops (:meth:`ProbeDataModule.train_ops`) and is generated with that op forced.
 """
 
 from __future__ import annotations
@@ -151,11 +157,26 @@ class PairCollate:
 # Datasets
 # --------------------------------------------------------------------------------------------
 
-def probe_problem(gen_cfg: GeneratorConfig, seed: int, split: str, index: int, stream: str = PROBE_STREAM) -> Problem:
+def probe_problem(gen_cfg: GeneratorConfig, seed: int, split: str, index: int, stream: str = PROBE_STREAM,
+                  ops: Optional[Sequence[int]] = None) -> Problem:
     """The probe problem at ``index`` of a split (template split of ``gen_cfg``); another
-    ``stream`` gives other problems of the same split."""
+    ``stream`` gives other problems of the same split. ``ops``: the problem's op is forced to one
+    of them, drawn at random (so a split's op histogram follows that of ``ops``)."""
     cfg = replace(gen_cfg, split=split)
+    if ops:
+        cfg = replace(cfg, op=problem_rng(seed, stream, split, index, "op").choice(list(ops)))
     return generate_problem(cfg, problem_rng(seed, stream, split, index), world_for(cfg))
+
+
+def problem_ops(gen_cfg: GeneratorConfig, seed: int, split: str, n: int, stream: str = PROBE_STREAM) -> list[int]:
+    """The op of each of the first ``n`` probe problems of a split (problems the generator gives up on left out)."""
+    ops = []
+    for index in range(n):
+        try:
+            ops.append(probe_problem(gen_cfg, seed, split, index, stream).op)
+        except GenerationError:
+            continue
+    return ops
 
 
 def problem_pairs(tokenizer, problem: Problem, task: str, rng, draws: int = 10) -> list[dict]:
@@ -182,22 +203,24 @@ class ProbeDataset(Dataset):
     ``shuffle_labels`` (the negative control): each pair's label is that of a random pair of
     another problem (the same index of ``DONOR_STREAM``), so no input holds its label; the
     labels' distribution stays the task's. ``solved``: per problem index, whether the backbone
-    solves it (None = unknown); rows then carry ``solved`` = 1, 0 or -1.
+    solves it (None = unknown); rows then carry ``solved`` = 1, 0 or -1. ``ops``: each problem
+    (and its donor) gets an op drawn from these (:func:`probe_problem`), e.g. the test problems' ops.
     """
 
     def __init__(self, tokenizer, gen_cfg: GeneratorConfig, task: str, split: str, n_problems: int,
                  seed: int = 0, draws: int = 10, *, stream: str = PROBE_STREAM, shuffle_labels: bool = False,
-                 solved: Optional[Sequence[Optional[bool]]] = None):
+                 solved: Optional[Sequence[Optional[bool]]] = None, ops: Optional[Sequence[int]] = None):
         self.tokenizer, self.gen_cfg = tokenizer, gen_cfg
         self.task, self.split, self.n, self.seed, self.draws = check_task(task), split, n_problems, seed, draws
         self.stream, self.shuffle_labels, self.solved = stream, shuffle_labels, solved
+        self.ops = list(ops) if ops else None
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, index: int) -> list[dict]:
         try:
-            problem = probe_problem(self.gen_cfg, self.seed, self.split, index, self.stream)
+            problem = probe_problem(self.gen_cfg, self.seed, self.split, index, self.stream, self.ops)
         except GenerationError:  # the generator gave up on this draw (rare): no pairs
             return []
         rng = problem_rng(self.seed, self.stream, self.split, index, self.task)
@@ -218,7 +241,7 @@ class ProbeDataset(Dataset):
 
     def _donor_labels(self, index: int) -> list[int]:
         try:
-            donor = probe_problem(self.gen_cfg, self.seed, self.split, index, DONOR_STREAM)
+            donor = probe_problem(self.gen_cfg, self.seed, self.split, index, DONOR_STREAM, self.ops)
         except GenerationError:
             return []
         rng = problem_rng(self.seed, DONOR_STREAM, self.split, index, self.task)
@@ -280,6 +303,8 @@ class ProbeDataModule(pl.LightningDataModule if pl is not None else object):
     ``max_steps`` (no problem is seen twice).
     ``test_split="train"`` draws the test pairs from fresh training-template problems (another
     stream: none of them is a probe training problem), where a small backbone may be competent.
+    With test templates, the training problems take their ops from the test problems
+    (:meth:`train_ops`), so both sets of pairs have one label balance.
     """
 
     def __init__(self, tokenizer, gen_cfg: GeneratorConfig, tasks: Sequence[str] = TASKS, *,
@@ -297,6 +322,7 @@ class ProbeDataModule(pl.LightningDataModule if pl is not None else object):
         self.batch_size, self.draws = batch_size, draws
         self.train_problems, self.test_problems = train_problems, test_problems
         self.seed, self.num_workers = seed, num_workers
+        self._train_ops: Optional[list[int]] = None
         self.problems_per_batch = max(1, math.ceil(batch_size / draws))  # test
         self.train_problems_per_batch = max(1, math.ceil(batch_size / max(1, draws // 2)))
 
@@ -333,10 +359,21 @@ class ProbeDataModule(pl.LightningDataModule if pl is not None else object):
         """The pairs of one task for ``role`` "train" or "test" (its split and stream follow ``test_split``)."""
         if role == "train":
             return ProbeDataset(self.tokenizer, self.gen_cfg, task, "train", n, self.seed, self.draws,
-                                shuffle_labels=self.shuffle_labels)
+                                shuffle_labels=self.shuffle_labels, ops=self.train_ops())
         split, stream = self.test_split_stream()
         return ProbeDataset(self.tokenizer, self.gen_cfg, task, split, n, self.seed, self.draws, stream=stream,
                             shuffle_labels=self.shuffle_labels, solved=self.solved)
+
+    def train_ops(self) -> Optional[list[int]]:
+        """The ops the training problems draw from: those of the test problems when these are
+        test-template problems (op >= 2, a shape of their own); None with ``test_split="train"``,
+        whose fresh training-template problems already follow the training distribution."""
+        if self.test_split != "test":
+            return None
+        if self._train_ops is None:
+            split, stream = self.test_split_stream()
+            self._train_ops = problem_ops(self.gen_cfg, self.seed, split, self.test_problems, stream)
+        return self._train_ops
 
     def test_split_stream(self) -> tuple[str, str]:
         """(split, stream) of the test problems: test templates, or fresh training-template problems."""
@@ -352,6 +389,6 @@ class ProbeDataModule(pl.LightningDataModule if pl is not None else object):
 
 __all__ = [
     "PROBE_STREAM", "HELDOUT_STREAM", "DONOR_STREAM", "encode_part", "regret_ids", "name_ids", "sentence_ids",
-    "ProblemTokens", "query_ids", "collate_pairs", "PairCollate", "probe_problem", "problem_pairs", "ProbeDataset",
-    "regret_necessity_control", "ResumeSampler", "ProbeDataModule",
+    "ProblemTokens", "query_ids", "collate_pairs", "PairCollate", "probe_problem", "problem_ops", "problem_pairs",
+    "ProbeDataset", "regret_necessity_control", "ResumeSampler", "ProbeDataModule",
 ]

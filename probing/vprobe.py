@@ -30,8 +30,10 @@ Choices (docs/probing.md, "What is trained (and what is not)"):
   (one extra forward) so only the ``[END]`` states are kept: every (backbone, task) pass of a
   step can then share one backward without holding a dozen activation graphs on the GPU.
 
-Majority control: class counts of the training labels (a synced metric) give the majority class
-per task; its test accuracy is logged next to the probes'.
+Majority control: the best constant answer on the test pairs (every class is scored as a constant
+guess, the best one is reported), logged next to the probes'; the training labels' majority class
+is kept beside it. Binary tasks also report balanced accuracy, the mean of the accuracies on
+positive and on negative pairs (0.5 for any constant answer).
 """
 
 from __future__ import annotations
@@ -117,6 +119,12 @@ class ClassCounts(torchmetrics.Metric):
 
 def _acc(correct: Tensor, total: Tensor) -> Optional[float]:
     return float(correct) / float(total) if int(total) > 0 else None
+
+
+def balanced_accuracy(acc_pos: Optional[float], acc_neg: Optional[float]) -> Optional[float]:
+    """The mean of the accuracies on positive and on negative pairs: 0.5 for any constant answer,
+    whatever the label balance (None unless both classes occur)."""
+    return None if acc_pos is None or acc_neg is None else (acc_pos + acc_neg) / 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,15 +249,17 @@ class VProbe(pl.LightningModule):
         n_heads = len(self.head_layers)
         self.test_acc = nn.ModuleDict({self.key(b, t): GroupedAccuracy(n_heads, NUM_CLASSES[t] == 2)
                                        for b in self.backbone_names for t in self.tasks})
-        self.majority_acc = nn.ModuleDict({t: GroupedAccuracy(1, NUM_CLASSES[t] == 2) for t in self.tasks})
+        # the constant guesses: head c always answers class c (the best one is the majority control)
+        self.majority_acc = nn.ModuleDict({t: GroupedAccuracy(NUM_CLASSES[t], NUM_CLASSES[t] == 2) for t in self.tasks})
         # test accuracy split by whether the trained backbone solves the pair's problem (last head)
         self.solved_acc = nn.ModuleDict({
-            f"{b}__{t}__{s}": GroupedAccuracy(1, NUM_CLASSES[t] == 2)
+            f"{b}__{t}__{s}": GroupedAccuracy(NUM_CLASSES[t] if b == "majority" else 1, NUM_CLASSES[t] == 2)
             for b in [*self.backbone_names, "majority"] for t in self.tasks for s in SOLVED_GROUPS})
         # the positive control's own head: what the fine-tuned copy holds, for the probe to recover
         self.finetuned_acc = nn.ModuleDict({t: GroupedAccuracy(1, NUM_CLASSES[t] == 2) for t in self.positive})
         self.train_counts = nn.ModuleDict({t: ClassCounts(NUM_CLASSES[t]) for t in self.tasks})
-        self.majority_class: dict[str, int] = {}
+        self.majority_class: dict[str, int] = {}  # of the training labels
+        self.train_positive_rate: dict[str, Optional[float]] = {}
         self.results: dict = {}
 
     @staticmethod
@@ -413,6 +423,7 @@ class VProbe(pl.LightningModule):
         for task in self.tasks:
             counts = self.train_counts[task].compute()
             self.majority_class[task] = int(counts.argmax()) if int(counts.sum()) > 0 else 0
+            self.train_positive_rate[task] = _acc(counts[1], counts.sum()) if len(counts) == 2 else None
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         task = self.tasks[dataloader_idx]
@@ -424,16 +435,17 @@ class VProbe(pl.LightningModule):
             preds = torch.stack([lg.argmax(-1) for lg in self.logits(name, task, batch["idx"], batch["end"])])
             self.test_acc[self.key(name, task)].update(preds, label, dist)
             self._update_solved(name, task, preds[-1:], label, dist, solved)
-        majority = torch.full_like(label, self.majority_class.get(task, 0))[None]
-        self.majority_acc[task].update(majority, label, dist)
-        self._update_solved("majority", task, majority, label, dist, solved)
+        constants = torch.arange(NUM_CLASSES[task], device=label.device)[:, None].expand(-1, len(label))  # [C, B]
+        self.majority_acc[task].update(constants, label, dist)
+        self._update_solved("majority", task, constants, label, dist, solved)
         if task in self.positive:
             own = self.positive[task](batch["idx"]).argmax(-1)[None]  # [1, B]
             self.finetuned_acc[task].update(own, label, dist)
 
     def _update_solved(self, name: str, task: str, preds: Tensor, label: Tensor, dist: Tensor,
                        solved: Optional[Tensor]) -> None:
-        """preds [1, B]; solved [B] (1, 0, -1 = unknown) or None (no solved split this run)."""
+        """preds [H, B] (H = 1, or one constant per class for the majority); solved [B] (1, 0, -1 =
+        unknown) or None (no solved split this run)."""
         if solved is None:
             return
         self._solved_split = True
@@ -449,6 +461,7 @@ class VProbe(pl.LightningModule):
             binary = NUM_CLASSES[task] == 2
             maj_c, maj_t = self.majority_acc[task].compute()
             entry["n_test_pairs"] = int(maj_t[0, G_ALL])
+            best = int(maj_c[:, G_ALL].argmax())  # the best constant on the test pairs (ties: the lower class)
             for name in self.backbone_names:
                 correct, total = self.test_acc[self.key(name, task)].compute()
                 last = len(self.head_layers) - 1
@@ -457,6 +470,7 @@ class VProbe(pl.LightningModule):
                     sub["acc_neg"] = _acc(correct[last, G_NEG], total[last, G_NEG])
                     sub["acc_pos"] = _acc(correct[last, G_POS], total[last, G_POS])
                     sub["n_pos"] = int(total[last, G_POS])
+                    sub["balanced_acc"] = balanced_accuracy(sub["acc_pos"], sub["acc_neg"])
                 if len(self.head_layers) > 1:
                     sub["layers"] = {str(l): _acc(correct[i, G_ALL], total[i, G_ALL])
                                      for i, l in enumerate(self.head_layers)}
@@ -470,23 +484,36 @@ class VProbe(pl.LightningModule):
                     }
                 entry[name] = sub
                 prefix = f"probe/{task}" if name == "trained" else f"probe/{task}/{name}"
-                for k in ("acc", "acc_pos", "acc_neg"):
+                for k in ("acc", "acc_pos", "acc_neg", "balanced_acc"):
                     if sub.get(k) is not None:
                         scalars[f"{prefix}/{k}"] = sub[k]
                 for l, a in sub.get("layers", {}).items():
                     if a is not None:
                         scalars[f"{prefix}/layer_{l}/acc"] = a
-            entry["majority"] = {"acc": _acc(maj_c[0, G_ALL], maj_t[0, G_ALL]),
-                                 "class": self.majority_class.get(task, 0)}
+            entry["majority"] = {"acc": _acc(maj_c[best, G_ALL], maj_t[best, G_ALL]), "class": best,
+                                 "train_class": self.majority_class.get(task, 0)}
+            if binary:
+                entry["majority"]["balanced_acc"] = balanced_accuracy(_acc(maj_c[best, G_POS], maj_t[best, G_POS]),
+                                                                      _acc(maj_c[best, G_NEG], maj_t[best, G_NEG]))
+                entry["test_positive_rate"] = _acc(maj_t[0, G_POS], maj_t[0, G_ALL])
+                entry["train_positive_rate"] = self.train_positive_rate.get(task)
             if entry["majority"]["acc"] is not None:
                 scalars[f"probe/{task}/majority/acc"] = entry["majority"]["acc"]
             # the flat summary of design 3.3
             entry["acc"] = entry.get("trained", {}).get("acc")
             entry["random_init_acc"] = entry.get("random_init", {}).get("acc")
             entry["majority_acc"] = entry["majority"]["acc"]
+            if binary:
+                entry["balanced_acc"] = entry.get("trained", {}).get("balanced_acc")
+                entry["random_init_balanced_acc"] = entry.get("random_init", {}).get("balanced_acc")
             if task in self.positive:  # the positive control (probing.controls)
                 own_c, own_t = self.finetuned_acc[task].compute()
                 entry["positive"]["finetuned_acc"] = _acc(own_c[0, G_ALL], own_t[0, G_ALL])
+                if binary:
+                    entry["positive"]["finetuned_balanced_acc"] = balanced_accuracy(
+                        _acc(own_c[0, G_POS], own_t[0, G_POS]), _acc(own_c[0, G_NEG], own_t[0, G_NEG]))
+                    entry["positive_balanced_acc"] = entry["positive"]["balanced_acc"]
+                    entry["positive_finetuned_balanced_acc"] = entry["positive"]["finetuned_balanced_acc"]
                 entry["positive_acc"] = entry["positive"]["acc"]
                 entry["positive_finetuned_acc"] = entry["positive"]["finetuned_acc"]
                 if entry["positive_finetuned_acc"] is not None:
@@ -515,7 +542,8 @@ class VProbe(pl.LightningModule):
             for name in [*self.backbone_names, "majority"]:
                 correct, total = self.solved_acc[f"{name}__{task}__{group}"].compute()
                 sub["n_test_pairs"] = int(total[0, G_ALL])
-                acc = _acc(correct[0, G_ALL], total[0, G_ALL])
+                head = int(correct[:, G_ALL].argmax())  # the majority: the group's best constant
+                acc = _acc(correct[head, G_ALL], total[head, G_ALL])
                 sub["acc" if name == "trained" else f"{name}_acc"] = acc
                 if acc is not None:
                     prefix = f"probe/{task}" if name == "trained" else f"probe/{task}/{name}"
@@ -593,6 +621,6 @@ def write_png(path: str | Path, image) -> None:
 
 __all__ = [
     "VProbe", "TaskProbe", "Backbone", "load_backbone", "random_backbone", "freeze", "expected_trainable",
-    "GroupedAccuracy", "ClassCounts", "distance_table_markdown", "heatmap", "write_png", "BACKBONES", "CONTROLS",
-    "SOLVED_GROUPS",
+    "GroupedAccuracy", "ClassCounts", "balanced_accuracy", "distance_table_markdown", "heatmap", "write_png",
+    "BACKBONES", "CONTROLS", "SOLVED_GROUPS",
 ]

@@ -53,6 +53,12 @@ def test_probe_end_to_end(train_run, tmp_path):
     scalars, images, text = _tags(run)
     for task in ("dep", "nece_next"):  # per-class accuracy is logged when the class has test pairs
         assert (f"probe/{task}/acc_pos" in scalars) == (res["tasks"][task]["trained"]["n_pos"] > 0)
+    for task, e in res["tasks"].items():  # balanced accuracy: binary tasks with both classes in the test pairs
+        sub = e.get("trained", {})
+        if sub.get("acc_pos") is not None and sub.get("acc_neg") is not None:
+            assert e["balanced_acc"] == sub["balanced_acc"] == pytest.approx((sub["acc_pos"] + sub["acc_neg"]) / 2)
+            assert f"probe/{task}/balanced_acc" in scalars and f"probe/{task}/random_init/balanced_acc" in scalars
+    assert res["tasks"]["nece"]["balanced_acc"] is not None and "balanced_acc" not in res["tasks"]["value"]
     for need in ("probe/nece/acc", "probe/dep/acc_neg", "probe/nece_next/acc_neg", "probe/value/acc",
                  "probe/nece/layer_1/acc", "probe/nece/layer_2/acc",
                  "probe/can_next/random_init/acc", "probe/can_next/majority/acc", "probe/nece/train_loss",
