@@ -1,4 +1,4 @@
-"""Surviving faults: damaged checkpoints, preemption signals, non-finite steps, evaluation OOM.
+"""Surviving faults: damaged checkpoints, preemption signals, non-finite steps.
 
 What each piece is for (docs/faults.md, "When things go wrong", tells users):
 
@@ -9,7 +9,8 @@ What each piece is for (docs/faults.md, "When things go wrong", tells users):
   step, save ``last.ckpt``, exit"; a second signal exits at once.
 - :class:`NonFiniteError` ends a run whose loss or gradient norm is not finite
   (``trainer.on_nonfinite``), naming the step.
-- :func:`decode_in_chunks` decodes an evaluation batch that does not fit in memory in halves.
+
+An evaluation batch that does not fit in memory is decoded in halves: :func:`igsm.decode.decode_in_chunks`.
 
 Test hooks: ``IGSM_TEST_HANG="<where>:<n>,..."`` makes a run stop and wait at a chosen moment (after
 micro-batch ``n`` = ``batch:n``, while writing the checkpoint of step ``n`` = ``save:n``, in the
@@ -27,7 +28,6 @@ import signal
 import sys
 import time
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -265,34 +265,5 @@ class NonFiniteError(RuntimeError):
         super().__init__(f"non-finite loss or gradient norm ({value}) at optimizer step {step}{extra}")
 
 
-# -- out of memory in evaluation ---------------------------------------------------------------------
-
-def decode_in_chunks(decode: Callable[[list], list], prompts: list, chunk: int,
-                     on_halve: Optional[Callable[[int, int], None]] = None) -> tuple[list, int]:
-    """``decode`` over consecutive chunks of at most ``chunk`` prompts; a chunk that runs out of
-    memory is retried in halves. Returns (the outputs in order, the chunk size that fitted), so the
-    caller can start there next time. Consecutive chunks are exactly the batches a run with the
-    smaller ``eval.batch_size`` decodes when that size divides the batch (always for halvings of a
-    power of two), so the results are the same. ``on_halve(old, new)`` is told of each halving."""
-    out: list = []
-    start = 0
-    while start < len(prompts):
-        part = prompts[start:start + chunk]
-        try:
-            out.extend(decode(part))
-            start += len(part)
-            continue
-        except torch.OutOfMemoryError:
-            if chunk == 1:
-                raise
-        # Out of the except block, so the failed attempt's tensors (held by the traceback) are freed.
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        if on_halve is not None:
-            on_halve(chunk, chunk // 2)
-        chunk //= 2
-    return out, chunk
-
-
 __all__ = ["CheckpointError", "read_checkpoint", "find_resume_checkpoint", "version_folders", "resume_args",
-           "warn_changed_settings", "GracefulStop", "hang", "NonFiniteError", "decode_in_chunks"]
+           "warn_changed_settings", "GracefulStop", "hang", "NonFiniteError"]

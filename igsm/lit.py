@@ -58,13 +58,14 @@ from torchmetrics import Metric
 from igsm.cli_config import config_from_dict
 from igsm.config import BucketSpec, TrainConfig, parse_bucket
 from igsm.data import EvalBatch
-from igsm.decode import greedy_decode
-from igsm.faults import NonFiniteError, decode_in_chunks
+from igsm.decode import decode_in_chunks, greedy_decode
+from igsm.faults import NonFiniteError
 from igsm.model import GPT
 from igsm.optim import MUON_GROUP, build_optimizer
+from igsm.solve import Attempt, grade, tally
 from igsm.tokenizer import Tokenizer, tokenizer_from_dict
 from igsm.trainer import cpu_has_native_bf16
-from igsm.verify import ERROR_KINDS
+from igsm.verify import ERROR_KINDS, Tally
 
 # Dense bf16 tensor-core peak per GPU (no sparsity), matched against torch.cuda.get_device_name;
 # the first key found in the name wins (so "H100 PCIe" before "H100").
@@ -125,18 +126,12 @@ class EvalScores(Metric):
             self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("errors", default=torch.zeros(len(ERROR_KINDS), dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, n: int, correct: int, answer_correct: int, unnecessary: int,
-               errors: Optional[list[str]] = None, retries: Optional[dict[str, int]] = None) -> None:
-        """``unnecessary``: unnecessary parameters summed over the correct solutions; ``errors``:
-        the verifier's error kind of each wrong solution; ``retries``: sums of RETRY_COUNTS."""
-        self.n += n
-        self.correct += correct
-        self.answer_correct += answer_correct
-        self.unnecessary += unnecessary
-        for kind in errors or ():
-            self.errors[ERROR_KINDS.index(kind)] += 1
-        for k, v in (retries or {}).items():
-            setattr(self, k, getattr(self, k) + v)
+    def update(self, counts: Tally) -> None:
+        """Add the counts of one batch's graded solutions (:func:`igsm.solve.tally`)."""
+        for name in ("n", "correct", "answer_correct", "unnecessary", *RETRY_COUNTS):
+            setattr(self, name, getattr(self, name) + getattr(counts, name))
+        for kind, count in counts.errors.items():
+            self.errors[ERROR_KINDS.index(kind)] += count
 
     def compute(self) -> dict[str, Any]:
         counts: dict[str, Any] = {k: int(getattr(self, k))
@@ -380,7 +375,7 @@ class GPTLitModule(L.LightningModule):
     def decode_fitting(self, prompts: list[list[int]]) -> list[list[int]]:
         """:meth:`decode`, in halves when a batch runs out of memory; the smaller size then holds
         for the rest of the run (one warning per halving). Identical results to a run started with
-        that ``eval.batch_size`` (:func:`igsm.faults.decode_in_chunks`)."""
+        that ``eval.batch_size`` (:func:`igsm.decode.decode_in_chunks`)."""
         chunk = min(len(prompts), self._eval_chunk or len(prompts))
         generations, fitted = decode_in_chunks(self.decode, prompts, chunk, on_halve=self._warn_halved)
         if fitted < len(prompts):
@@ -395,27 +390,9 @@ class GPTLitModule(L.LightningModule):
         self._examples_logged = set()
 
     def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
-        from igsm.verify import verify_solution
-
-        generations = self.decode_fitting(batch.prompts)
-        correct = answer_correct = unnecessary = 0
-        examples, errors = [], []
-        retries = dict.fromkeys(RETRY_COUNTS, 0)
-        for problem, generated in zip(batch.problems, generations):
-            solution, answer = self.tokenizer.parse_generation(generated)
-            report = verify_solution(problem, solution, answer)
-            retries["retractions"] += report.retractions
-            retries["with_retractions"] += report.retractions > 0
-            retries["true_regrets"] += report.true_regrets
-            retries["false_regrets"] += report.false_regrets
-            correct += report.correct
-            answer_correct += report.answer_correct
-            unnecessary += len(report.unnecessary_params) if report.correct else 0
-            if not report.correct:
-                errors.append(report.error)
-            examples.append((problem, solution, answer, report))
-        self.eval_scores[batch.bucket].update(len(batch), correct, answer_correct, unnecessary, errors, retries)
-        self._log_examples(batch.bucket, examples)
+        attempts = grade(self.tokenizer, batch.problems, self.decode_fitting(batch.prompts))
+        self.eval_scores[batch.bucket].update(tally(attempts))
+        self._log_examples(batch.bucket, attempts)
 
     def on_validation_epoch_end(self) -> None:
         step = self.global_step
@@ -440,7 +417,7 @@ class GPTLitModule(L.LightningModule):
             with open(os.path.join(run_dir or ".", "eval_history.jsonl"), "a") as history:
                 history.writelines(json.dumps(entry) + "\n" for entry in entries)  # the learning curve
 
-    def _log_examples(self, bucket: int, examples: list) -> None:
+    def _log_examples(self, bucket: int, examples: list[Attempt]) -> None:
         """The first ``eval.examples`` generations of a bucket as TensorBoard text (rank 0)."""
         experiment = getattr(self.logger, "experiment", None)
         if (bucket in self._examples_logged or not self.trainer.is_global_zero
@@ -448,10 +425,10 @@ class GPTLitModule(L.LightningModule):
             return
         self._examples_logged.add(bucket)
         parts = []
-        for problem, solution, answer, report in examples[: self.cfg.eval.examples]:
-            verdict = "correct" if report.correct else f"wrong ({report.error}: {report.message})"
-            parts.append(f"**problem** (op {problem.op}):\n\n    {problem.problem_text}\n\n"
-                         f"**generated**:\n\n    {solution}\n\n**answer** {answer} (expected {problem.answer}): "
+        for a in examples[: self.cfg.eval.examples]:
+            verdict = "correct" if a.report.correct else f"wrong ({a.report.error}: {a.report.message})"
+            parts.append(f"**problem** (op {a.problem.op}):\n\n    {a.problem.problem_text}\n\n"
+                         f"**generated**:\n\n    {a.solution}\n\n**answer** {a.answer} (expected {a.problem.answer}): "
                          f"{verdict}")
         experiment.add_text(f"eval/{self.buckets[bucket].label}/examples", "\n\n---\n\n".join(parts), self.global_step)
 

@@ -130,6 +130,35 @@ class Report:
         return asdict(self)
 
 
+@dataclass
+class Tally:
+    """Counts over graded solutions, as evaluation (eval.json), the error analysis and
+    ``igsm verify`` report them. ``add`` one :class:`Report` at a time."""
+
+    n: int = 0
+    correct: int = 0
+    answer_correct: int = 0
+    unnecessary: int = 0  # unnecessary parameters, summed over the correct solutions
+    errors: dict = field(default_factory=dict)  # error kind -> wrong solutions, in first-seen order
+    retractions: int = 0  # retry data: well-formed retractions, and the solutions holding one
+    with_retractions: int = 0
+    true_regrets: int = 0
+    false_regrets: int = 0
+
+    def add(self, report: Report) -> None:
+        self.n += 1
+        self.correct += bool(report.correct)
+        self.answer_correct += bool(report.answer_correct)
+        if report.correct:
+            self.unnecessary += len(report.unnecessary_params)
+        else:
+            self.errors[report.error] = self.errors.get(report.error, 0) + 1
+        self.retractions += report.retractions
+        self.with_retractions += report.retractions > 0
+        self.true_regrets += report.true_regrets
+        self.false_regrets += report.false_regrets
+
+
 class VerifierBug(RuntimeError):
     """Raised by :func:`verify_solution_strict` when the verifier (or the Problem) is inconsistent."""
 
@@ -794,4 +823,4 @@ def verify_solution(problem: Problem, solution: Any, answer: Any = None) -> Repo
         return Report(False, False, "internal", message=f"The verifier failed ({msg[:300]}).")
 
 
-__all__ = ["ERROR_KINDS", "Report", "VerifierBug", "verify_solution", "verify_solution_strict"]
+__all__ = ["ERROR_KINDS", "Report", "Tally", "VerifierBug", "verify_solution", "verify_solution_strict"]

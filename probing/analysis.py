@@ -1,7 +1,7 @@
 """Error analysis (spec 12, the paper's Result 6): the backbone's own mistakes vs its probes.
 
-The trained backbone solves problems by greedy decoding (:func:`igsm.decode.greedy_decode`); the
-verifier (:func:`igsm.verify.verify_solution`) grades every solution. Then:
+The trained backbone solves problems by greedy decoding and the verifier grades every solution
+(:func:`igsm.solve.solve`). Then:
 
 (a) **Planned redundancy.** On reask problems, for every unnecessary parameter that a *correct*
     solution computes, ask the ``nece`` probe (cut at the end of the problem, as in training)
@@ -36,11 +36,9 @@ from typing import Optional
 import torch
 
 from igsm.config import AnalysisConfig, GeneratorConfig
-from igsm.decode import greedy_decode
-from igsm.faults import decode_in_chunks
 from igsm.generator import GenerationError, generate_problem, problem_rng, world_for
 from igsm.problem import Param, Problem
-from igsm.verify import verify_solution
+from igsm.solve import solve, tally
 from probing.data import ProblemTokens, collate_pairs, query_ids, regret_ids, sentence_ids
 
 _DEFINE = re.compile(r"^Define (.+?) as [A-Za-z];")
@@ -157,24 +155,6 @@ def _autocast(device: torch.device, precision: Optional[str] = None):
     return torch.autocast("cpu", enabled=False)
 
 
-def _decode_fitting(backbone, tok, prompts: list[list[int]], chunk: int, max_new_tokens: int) -> tuple[list, int]:
-    """Greedy generations of ``prompts`` in batches of ``chunk``, halved when a batch runs out of
-    memory (:func:`igsm.faults.decode_in_chunks`, as evaluation does); returns (generations in
-    input order, the batch size that fitted). Longest first, as :func:`greedy_decode` orders them,
-    so without a halving the batches are the ones ``greedy_decode(..., batch_size=chunk)`` makes."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
-
-    def decode(part: list[list[int]]) -> list[list[int]]:
-        return greedy_decode(backbone, part, max_new_tokens=max_new_tokens, stop_ids=[tok.eos_id],
-                             pad_id=tok.pad_id, batch_size=len(part))
-
-    gens, fitted = decode_in_chunks(decode, [prompts[i] for i in order], chunk, on_halve=_warn_halved)
-    out: list = [None] * len(prompts)
-    for i, g in zip(order, gens):
-        out[i] = g
-    return out, fitted
-
-
 def _warn_halved(old: int, new: int) -> None:
     print(f"warning: out of memory decoding {old} analysis prompts at once; going on with {new} at a time "
           f"(results as with analysis.batch_size={new}; set it to start there)", file=sys.stderr, flush=True)
@@ -211,21 +191,19 @@ def run_analysis(module, tokenizer, gen_cfg: GeneratorConfig, cfg: AnalysisConfi
         keep = [i for i, pr in enumerate(prompts) if len(pr) < block]
         problems, prompts = [problems[i] for i in keep], [prompts[i] for i in keep]
         with _autocast(device, precision):  # the run's precision: fp32 decoding is ~10x slower on a GPU
-            gens, chunk = _decode_fitting(backbone, tok, prompts, chunk, max_new_tokens=max(
-                1, min(cfg.max_new_tokens, block - max(map(len, prompts), default=0))))
-        n_correct = n_unnec = 0
+            attempts, chunk = solve(backbone, tok, problems, prompts, batch_size=chunk, on_halve=_warn_halved,
+                                    max_new_tokens=max(1, min(cfg.max_new_tokens,
+                                                              block - max(map(len, prompts), default=0))))
         nece_queries: list[tuple[list[int], bool]] = []  # (ids, computed by a correct solution)
         regret_queries: list[tuple[list[int], int]] = []  # (ids, 1 = a not_ready step, 0 = a correct one)
         next_queries: list[tuple[list[int], str, int]] = []  # (ids, task, truth)
-        for problem, gen in zip(problems, gens):
-            solution, answer = tok.parse_generation(gen)
-            report = verify_solution(problem, solution, answer)
+        counts = tally(attempts)
+        for attempt in attempts:
+            problem, solution, report = attempt.problem, attempt.solution, attempt.report
             names = {problem.param_name(p): p for p in problem.equations}
             if "regret" in tasks:
                 regret_queries += [c for c in regret_cases(tok, problem, solution, report) if len(c[0]) <= block]
             if report.correct:
-                n_correct += 1
-                n_unnec += len(report.unnecessary_params)
                 if kind == "reask" and "nece" in tasks:
                     tokens = ProblemTokens(tok, problem)
                     prefix = tokens.ids[: tokens.problem_end]
@@ -238,7 +216,6 @@ def run_analysis(module, tokenizer, gen_cfg: GeneratorConfig, cfg: AnalysisConfi
                     for name in computed - set(names):  # valid abstract pairs outside G
                         nece_queries.append((query_ids(tok, prefix, name), True))
                 continue
-            errors[report.error or "none"] = errors.get(report.error or "none", 0) + 1
             case = first_wrong_case(tok, problem, solution, report)
             if case is None or len(case[0]) > block:
                 b_skipped += 1
@@ -248,8 +225,10 @@ def run_analysis(module, tokenizer, gen_cfg: GeneratorConfig, cfg: AnalysisConfi
             for t in ("can_next", "nece_next"):
                 if t in tasks:
                     next_queries.append((ids, t, truth[t]))
-        out["sets"][kind] = {"n": len(problems), "correct": n_correct, "accuracy": _rate(n_correct, len(problems)),
-                             "unnecessary_per_correct": _rate(n_unnec, n_correct)}
+        for error, count in counts.errors.items():
+            errors[error or "none"] = errors.get(error or "none", 0) + count
+        out["sets"][kind] = {"n": counts.n, "correct": counts.correct, "accuracy": _rate(counts.correct, counts.n),
+                             "unnecessary_per_correct": _rate(counts.unnecessary, counts.correct)}
         preds = prober("nece", [ids for ids, _ in nece_queries])
         for (_, computed), pred in zip(nece_queries, preds):
             if computed:

@@ -25,6 +25,7 @@ from igsm.config import ConfigError, ModelConfig, ProbeConfig, TrainConfig
 from igsm.decode import STOP_CHECK_EVERY, greedy_decode
 from igsm.lit import EvalScores, uniform_letter_loss
 from igsm.model import GPT
+from igsm.verify import Tally
 from probing.vprobe import ClassCounts, GroupedAccuracy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def test_metric_updates_use_no_integer_matmul() -> None:
     with OpLog() as log:
         metric.update(preds, label, dist)
         counts.update(label)
-        scores.update(4, 3, 2, 1, [])
+        scores.update(Tally(n=4, correct=3, answer_correct=2, unnecessary=1))
     integer_matmuls = [(n, d) for n, d, _ in log.calls
                        if n in MATMULS and any(not t.is_floating_point and not t.is_complex for t in d)]
     assert integer_matmuls == []
