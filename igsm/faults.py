@@ -8,7 +8,7 @@ What each piece is for (docs/faults.md, "When things go wrong", tells users):
 - :class:`GracefulStop` turns SIGTERM / SIGINT (Ctrl-C) during training into "finish this optimizer
   step, save ``last.ckpt``, exit"; a second signal exits at once.
 - :class:`NonFiniteError` ends a run whose loss or gradient norm is not finite
-  (``trainer.on_nonfinite``), naming the step.
+  (``optim.on_nonfinite``), naming the step.
 
 An evaluation batch that does not fit in memory is decoded in halves: :func:`igsm.decode.decode_in_chunks`.
 
@@ -257,11 +257,11 @@ def hang(where: str, n: int) -> None:
 # -- divergence ------------------------------------------------------------------------------------
 
 class NonFiniteError(RuntimeError):
-    """The loss or gradient norm of a step is not finite (``trainer.on_nonfinite``)."""
+    """The loss or gradient norm of a step is not finite (``optim.on_nonfinite``)."""
 
     def __init__(self, step: int, value: float, skipped: int) -> None:
         self.step, self.value, self.skipped = step, value, skipped
-        extra = f" after skipping {skipped} such steps (trainer.max_nonfinite_skips)" if skipped else ""
+        extra = f" after skipping {skipped} such steps (optim.max_nonfinite_skips)" if skipped else ""
         super().__init__(f"non-finite loss or gradient norm ({value}) at optimizer step {step}{extra}")
 
 

@@ -1,5 +1,5 @@
 """GPTLitModule: the LightningModule around :class:`igsm.model.GPT` (loss, optimizer, schedule,
-logging, evaluation). The network itself is a plain ``nn.Module``; this file stays thin.
+logging, evaluation). The network itself is a plain ``nn.Module`` in :mod:`igsm.model`.
 
 Training: next-token cross-entropy on packed windows (targets -100 carry no loss; with
 ``data.letter_loss=uniform`` the target of a new solution letter is the uniform distribution over
@@ -64,7 +64,7 @@ from igsm.model import GPT
 from igsm.optim import MUON_GROUP, build_optimizer
 from igsm.solve import Attempt, grade, tally
 from igsm.tokenizer import Tokenizer, tokenizer_from_dict
-from igsm.trainer import cpu_has_native_bf16
+from igsm.trainer import atomic_write, cpu_has_native_bf16
 from igsm.verify import ERROR_KINDS, Tally
 
 # Dense bf16 tensor-core peak per GPU (no sparsity), matched against torch.cuda.get_device_name;
@@ -113,6 +113,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 RETRY_COUNTS = ("retractions", "with_retractions", "true_regrets", "false_regrets")
+COUNTS = ("n", "correct", "answer_correct", "unnecessary", *RETRY_COUNTS)  # EvalScores' states besides errors
 
 
 class EvalScores(Metric):
@@ -122,20 +123,19 @@ class EvalScores(Metric):
 
     def __init__(self) -> None:
         super().__init__()
-        for name in ("n", "correct", "answer_correct", "unnecessary", *RETRY_COUNTS):
+        for name in COUNTS:
             self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("errors", default=torch.zeros(len(ERROR_KINDS), dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, counts: Tally) -> None:
         """Add the counts of one batch's graded solutions (:func:`igsm.solve.tally`)."""
-        for name in ("n", "correct", "answer_correct", "unnecessary", *RETRY_COUNTS):
+        for name in COUNTS:
             setattr(self, name, getattr(self, name) + getattr(counts, name))
         for kind, count in counts.errors.items():
             self.errors[ERROR_KINDS.index(kind)] += count
 
     def compute(self) -> dict[str, Any]:
-        counts: dict[str, Any] = {k: int(getattr(self, k))
-                                  for k in ("n", "correct", "answer_correct", "unnecessary", *RETRY_COUNTS)}
+        counts: dict[str, Any] = {k: int(getattr(self, k)) for k in COUNTS}
         counts["errors"] = {kind: int(c) for kind, c in zip(ERROR_KINDS, self.errors.tolist()) if c}
         return counts
 
@@ -413,7 +413,9 @@ class GPTLitModule(L.LightningModule):
         self.last_eval, self.last_eval_step = entries, step
         run_dir = self.trainer.log_dir  # a broadcast from rank 0: every rank must ask
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            write_json_atomic(os.path.join(run_dir or ".", "eval.json"), entries)
+            with atomic_write(os.path.join(run_dir or ".", "eval.json")) as f:
+                json.dump(entries, f, indent=2)
+                f.write("\n")
             with open(os.path.join(run_dir or ".", "eval_history.jsonl"), "a") as history:
                 history.writelines(json.dumps(entry) + "\n" for entry in entries)  # the learning curve
 
@@ -462,15 +464,4 @@ def uniform_letter_loss(logits: torch.Tensor, targets: torch.Tensor, letter_used
     return total / (onehot.sum() + slot.sum()).clamp(min=1)
 
 
-def write_json_atomic(path: str, data: Any) -> None:
-    """Write JSON so that a reader never sees a half-written file (temp file + rename)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-__all__ = ["GPTLitModule", "EvalScores", "lr_multiplier", "param_groups", "peak_flops", "PEAK_BF16_FLOPS",
-           "write_json_atomic"]
+__all__ = ["GPTLitModule", "EvalScores", "lr_multiplier", "param_groups", "peak_flops", "PEAK_BF16_FLOPS"]

@@ -249,10 +249,10 @@ class _Context:
             self.values[p] = v
         return v
 
-    def expected_canon(self, p: Param) -> str:
+    def expected_normal_form(self, p: Param) -> str:
         c = self.expected.get(p)
         if c is None:
-            c = _canon(_equation_tree(self.equation(p), self.leaf))
+            c = _normal_form(_equation_tree(self.equation(p), self.leaf))
             self.expected[p] = c
         return c
 
@@ -275,9 +275,11 @@ def _context(problem: Problem) -> _Context:
 
 # --------------------------------------------------------------------------------------------
 # Expression trees: a leaf is a string ("P3" a parameter, "#5" a literal); an inner node is
-# (op, [canonical strings of its children]) with + and * flattened.
+# (op, [normal forms of its children]) with + and * flattened.
 # --------------------------------------------------------------------------------------------
-def _canon(node) -> str:
+def _normal_form(node) -> str:
+    """The tree as one string with the children of + and * sorted: two computations are the same
+    exactly when their normal forms are equal (not to be confused with Canon layers, igsm.model)."""
     if type(node) is str:
         return node
     op, kids = node
@@ -288,13 +290,13 @@ def _canon(node) -> str:
 
 def _combine(op: str, a, b):
     if op == "-":
-        return ("-", [_canon(a), _canon(b)])
+        return ("-", [_normal_form(a), _normal_form(b)])
     kids = []
     for x in (a, b):
         if type(x) is tuple and x[0] == op:
             kids.extend(x[1])
         else:
-            kids.append(_canon(x))
+            kids.append(_normal_form(x))
     return (op, kids)
 
 
@@ -302,7 +304,7 @@ def _equation_tree(eq: Equation, leaf: dict):
     ins = [leaf[q] for q in eq.inputs]
     if eq.abstract:
         if eq.products:
-            prods = [_canon(("*", [ins[i], ins[i + 1]])) for i in range(0, len(ins), 2)]
+            prods = [_normal_form(("*", [ins[i], ins[i + 1]])) for i in range(0, len(ins), 2)]
             if not prods:
                 return "#0"
             return prods[0] if len(prods) == 1 else ("+", prods)
@@ -323,11 +325,11 @@ def _equation_tree(eq: Equation, leaf: dict):
 _LEAF_RE = re.compile(r"P\d+|#\d+")
 
 
-def _leaves(canon: str, ctx: _Context) -> tuple[set, list]:
-    """Parameters (as Params) and literals (sorted ints) in a canonical tree string."""
+def _leaves(form: str, ctx: _Context) -> tuple[set, list]:
+    """Parameters (as Params) and literals (sorted ints) in a normal form string."""
     params, literals = set(), []
     back = {v: p for p, v in ctx.leaf.items()}
-    for tok in _LEAF_RE.findall(canon):
+    for tok in _LEAF_RE.findall(form):
         if tok[0] == "#":
             literals.append(int(tok[1:]))
         else:
@@ -513,15 +515,15 @@ def _read_sentence(ctx: _Context, s: str, k: int, letters: dict, defined: dict) 
         return out, e
     p = out.param
     defined[p] = k
-    canon = node if type(node) is str else _canon(node)
+    form = node if type(node) is str else _normal_form(node)
     letters[out.letter] = (ctx.leaf[p], out.value)  # later sentences see the parameter itself
-    expected = ctx.expected.get(p) or ctx.expected_canon(p)
-    if canon != expected:
-        return out, _structure_error(ctx, p, out, canon, defined, k)
+    expected = ctx.expected.get(p) or ctx.expected_normal_form(p)
+    if form != expected:
+        return out, _structure_error(ctx, p, out, form, defined, k)
     return out, value_error
 
 
-def _structure_error(ctx: _Context, p: Param, out: _Sentence, canon: str, defined: dict, k: int) -> _Fail:
+def _structure_error(ctx: _Context, p: Param, out: _Sentence, form: str, defined: dict, k: int) -> _Fail:
     eq = ctx.equation(p)
     name = ctx.problem.param_name
     head = f"sentence {k + 1} computes {out.name}"
@@ -531,8 +533,8 @@ def _structure_error(ctx: _Context, p: Param, out: _Sentence, canon: str, define
         missing = list(dict.fromkeys(name(q) for q in waiting))
         what = f"input {missing[0]} is" if len(missing) == 1 else f"inputs {', '.join(missing)} are"
         return _Fail("not_ready", f"{head} before its {what} computed; {formula}", fatal=False)
-    got_params, got_literals = _leaves(canon, ctx)
-    want_params, want_literals = _leaves(ctx.expected_canon(p), ctx)
+    got_params, got_literals = _leaves(form, ctx)
+    want_params, want_literals = _leaves(ctx.expected_normal_form(p), ctx)
     if got_params != want_params:
         got = ", ".join(sorted(name(q) for q in got_params)) or "no parameter"
         return _Fail("wrong_dependencies", f"{head} from {got}; {formula}", fatal=False)

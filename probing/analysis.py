@@ -42,6 +42,7 @@ from igsm.solve import solve, tally
 from probing.data import ProblemTokens, collate_pairs, query_ids, regret_ids, sentence_ids
 
 _DEFINE = re.compile(r"^Define (.+?) as [A-Za-z];")
+NEXT_TASKS = ("can_next", "nece_next")  # the probes (b) asks at the first wrong sentence
 
 
 def analysis_problems(gen_cfg: GeneratorConfig, kind: str, n: int, seed: int, reask_op: Optional[int]) -> list[Problem]:
@@ -95,9 +96,6 @@ def first_wrong_case(tokenizer, problem: Problem, solution: str, report) -> Opti
     return query_ids(tokenizer, prefix, problem.param_name(a)), truth
 
 
-_STEP_NAME = re.compile(r"^Define (.+?) as [A-Za-z];")
-
-
 def regret_cases(tokenizer, problem: Problem, solution: str, report) -> list[tuple[list[int], int]]:
     """The regret probe's inputs on one generated solution, ``(ids, mistake)``: at "Define A as"
     of each correct step (``mistake`` 0: every sentence before the first error, retractions
@@ -110,7 +108,7 @@ def regret_cases(tokenizer, problem: Problem, solution: str, report) -> list[tup
     out: list[tuple[list[int], int]] = []
     prefix = list(prompt)
     for k in range(len(sentences)):
-        m = _STEP_NAME.match(sentences[k])
+        m = _DEFINE.match(sentences[k])
         if k < end and m:
             out.append((regret_ids(tokenizer, prefix, m.group(1), k == 0), 0))
         elif k == k_err and report.error == "not_ready" and report.first_wrong_param:
@@ -179,7 +177,7 @@ def run_analysis(module, tokenizer, gen_cfg: GeneratorConfig, cfg: AnalysisConfi
     out: dict = {"sets": {}}
     a_total = a_called = a_other_total = a_other_called = 0
     b_stats = {t: {"truth_false": 0, "probe_false": 0, "truth_true": 0, "probe_true": 0}
-               for t in ("can_next", "nece_next")}
+               for t in NEXT_TASKS}
     b_cases = b_skipped = 0
     errors: dict[str, int] = {}
     regret = {"not_ready_steps": 0, "probe_flagged_not_ready": 0, "correct_steps": 0, "probe_flagged_correct": 0}
@@ -222,7 +220,7 @@ def run_analysis(module, tokenizer, gen_cfg: GeneratorConfig, cfg: AnalysisConfi
                 continue
             ids, truth = case
             b_cases += 1
-            for t in ("can_next", "nece_next"):
+            for t in NEXT_TASKS:
                 if t in tasks:
                     next_queries.append((ids, t, truth[t]))
         for error, count in counts.errors.items():
@@ -241,7 +239,7 @@ def run_analysis(module, tokenizer, gen_cfg: GeneratorConfig, cfg: AnalysisConfi
             key = "not_ready" if mistake else "correct"
             regret[f"{key}_steps"] += 1
             regret[f"probe_flagged_{key}"] += int(pred == 1)
-        for t in ("can_next", "nece_next"):
+        for t in NEXT_TASKS:
             qs = [(ids, truth) for ids, task, truth in next_queries if task == t]
             for (_, truth), pred in zip(qs, prober(t, [ids for ids, _ in qs])):
                 key = "false" if truth == 0 else "true"
@@ -279,7 +277,7 @@ def analysis_scalars(result: dict) -> dict[str, float]:
     u = result["unnecessary"]
     s["analysis/unnecessary/probe_said_necessary"] = u["rate_probe_said_necessary"]
     s["analysis/unnecessary/other_probe_said_necessary"] = u["other_rate_probe_said_necessary"]
-    for t in ("can_next", "nece_next"):
+    for t in NEXT_TASKS:
         f = result["first_wrong"][t]
         s[f"analysis/first_wrong/{t}_false/probe_also_false"] = f["rate_probe_also_false"]
     if "regret" in result:

@@ -232,6 +232,7 @@ def test_last_row_logits_are_float32_under_bf16_autocast() -> None:
 # -- 8. the error analysis decodes in the run's precision ------------------------------------------
 
 def test_analysis_decodes_under_the_runs_autocast(monkeypatch) -> None:
+    import igsm.decode
     import probing.analysis as analysis
     from igsm.config import AnalysisConfig, build_data_tokenizer, generator_config
 
@@ -241,7 +242,7 @@ def test_analysis_decodes_under_the_runs_autocast(monkeypatch) -> None:
         seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
         return [[] for _ in prompts]
 
-    monkeypatch.setattr(analysis, "greedy_decode", fake_decode)
+    monkeypatch.setattr(igsm.decode, "greedy_decode", fake_decode)  # what igsm.solve decodes with
     data = load_config(TrainConfig, []).data
     tok = build_data_tokenizer(data)
     backbone = GPT(ModelConfig(n_layer=1, n_head=2, block_size=512), tok.vocab_size)

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
+from conftest import draw_problems
 from igsm.config import ConfigError, generator_preset
-from igsm.generator import generate
 from igsm.parse import verify_text
 from igsm.problem import RETRACTION, Problem
 from igsm.tokenizer import build_tokenizer
@@ -15,26 +15,21 @@ from igsm.verify import ERROR_KINDS, verify_solution, verify_solution_strict
 from igsm.world import load_world
 
 
-def _problems(n=120, preset="small_cpu", **kw):
-    cfg = generator_preset(preset, **kw)
-    return [generate(cfg, 3, i) for i in range(n)]
-
-
 @pytest.mark.parametrize("kind", ["retry", "retry_weak"])
 def test_retries_leave_the_problem_alone(kind):
-    plain = _problems(60)
-    retry = _problems(60, retry_rate=0.5, retry_kind=kind)
+    plain = draw_problems("small_cpu", 60, 3, "train")
+    retry = draw_problems("small_cpu", 60, 3, "train", retry_rate=0.5, retry_kind=kind)
     assert sum(len(p.retries) for p in retry) > 20
     for a, b in zip(plain, retry):
         assert a.problem_text == b.problem_text and a.solution == b.clean_solution
         assert a.template_hash == b.template_hash and a.solution_sentences == b.solution_sentences
-    again = _problems(60, retry_rate=0.5, retry_kind=kind)
+    again = draw_problems("small_cpu", 60, 3, "train", retry_rate=0.5, retry_kind=kind)
     assert [p.solution for p in again] == [p.solution for p in retry]  # deterministic per (seed, index)
 
 
 @pytest.mark.parametrize("kind", ["retry", "retry_weak"])
 def test_retry_candidates_follow_the_rule(kind):
-    for p in _problems(150, retry_rate=0.5, retry_kind=kind):
+    for p in draw_problems("small_cpu", 150, 3, "train", retry_rate=0.5, retry_kind=kind):
         seen: dict = {}
         for k, a in p.retries:
             known = set(p.solution_order[:k])
@@ -49,7 +44,7 @@ def test_retry_candidates_follow_the_rule(kind):
 
 
 def test_retry_rate_is_geometric_per_step():
-    ps = _problems(400, preset="med", retry_rate=0.2)
+    ps = draw_problems("med", 400, 3, "train", retry_rate=0.2)
     steps = sum(len(p.solution_order) for p in ps)
     mean = sum(len(p.retries) for p in ps) / steps
     assert 0.17 < mean < 0.30  # 0.2 / 0.8 = 0.25 when candidates never run out
@@ -59,7 +54,7 @@ def test_retry_rate_is_geometric_per_step():
 def test_retry_streams_verify(preset, kind):
     world = load_world(generator_preset(preset).world)
     total = 0
-    for p in _problems(150, preset, retry_rate=0.3, retry_kind=kind):
+    for p in draw_problems(preset, 150, 3, "train", retry_rate=0.3, retry_kind=kind):
         r = verify_solution_strict(p, p.solution, p.answer)
         assert r.correct, (p.solution, r)
         assert r.retractions == len(p.retries) == r.true_regrets + r.false_regrets
@@ -74,7 +69,7 @@ def test_retry_streams_verify(preset, kind):
 
 
 def test_bad_retractions_are_reported_not_accepted():
-    p = next(p for p in _problems(200) if len(p.solution_order) >= 2)
+    p = next(p for p in draw_problems("small_cpu", 200, 3, "train") if len(p.solution_order) >= 2)
     s = p.solution_sentences
     name = p.param_name
     q0 = name(p.solution_order[0])
@@ -94,7 +89,7 @@ def test_bad_retractions_are_reported_not_accepted():
 
 
 def test_false_regret_is_counted_and_accepted():
-    p = _problems(1)[0]
+    p = draw_problems("small_cpu", 1, 3, "train")[0]
     first = p.solution_order[0]  # the first step is always ready (a constant)
     text = f"Define {p.param_name(first)} as {RETRACTION}. " + p.clean_solution
     r = verify_solution_strict(p, text, p.answer)
@@ -109,7 +104,7 @@ def test_false_regret_is_counted_and_accepted():
 def test_retraction_word_is_one_token(name, world):
     tok = build_tokenizer(name, world)
     assert len(tok.encode(" " + RETRACTION)) == 1
-    p = _problems(40, retry_rate=0.5)
+    p = draw_problems("small_cpu", 40, 3, "train", retry_rate=0.5)
     text = next(x.solution for x in p if x.retries)
     assert tok.decode(tok.encode(text)) == text
     as_id = tok.encode(" as")[0]
@@ -143,7 +138,7 @@ def test_retry_loss_mask_covers_exactly_the_wrong_steps(name):
 
     cfg = generator_preset("small_cpu", retry_rate=0.4)
     tok = build_tokenizer(name, load_world("tiny") if name == "word" else None)
-    p = next(x for x in _problems(40, retry_rate=0.4) if len(x.retries) >= 2)
+    p = next(x for x in draw_problems("small_cpu", 40, 3, "train", retry_rate=0.4) if len(x.retries) >= 2)
     ids, first = training_example(tok, p, "solution")
     masked = retraction_targets(tok, p)
     wrong = [s for s, w in p.solution_parts() if w]
@@ -246,7 +241,7 @@ def test_verifier_never_raises_on_stray_back():
     import random
 
     rng = random.Random(0)
-    for p in _problems(60, retry_rate=0.3):
+    for p in draw_problems("small_cpu", 60, 3, "train", retry_rate=0.3):
         words = p.solution.split(" ")
         for _ in range(8):
             w = list(words)
