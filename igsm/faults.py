@@ -11,13 +11,6 @@ What each piece is for (docs/faults.md, "When things go wrong", tells users):
   (``optim.on_nonfinite``), naming the step.
 
 An evaluation batch that does not fit in memory is decoded in halves: :func:`igsm.decode.decode_in_chunks`.
-
-Test hooks: ``IGSM_TEST_HANG="<where>:<n>,..."`` makes a run stop and wait at a chosen moment (after
-micro-batch ``n`` = ``batch:n``, while writing the checkpoint of step ``n`` = ``save:n``, in the
-evaluation at step ``n`` = ``eval:n``), after appending ``<where>:<n>`` to the file named by
-``IGSM_TEST_HANG_MARKER``, so that tests can kill it there without sleeping for fixed times.
-A ``batch`` wait ends when a stop signal arrives; the others wait until the process is killed.
-Only tests set these variables.
 """
 
 from __future__ import annotations
@@ -26,7 +19,6 @@ import os
 import re
 import signal
 import sys
-import time
 import zipfile
 from pathlib import Path
 from typing import Any, Optional
@@ -36,9 +28,6 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from igsm.config import ConfigError
-
-HANG_ENV, HANG_MARKER_ENV = "IGSM_TEST_HANG", "IGSM_TEST_HANG_MARKER"
-
 
 # -- damaged checkpoints -------------------------------------------------------------------------
 
@@ -182,8 +171,6 @@ class GracefulStop(Callback):
         self._last_step = -1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        global _ACTIVE
-        _ACTIVE = self
         self._last_step = trainer.global_step
         signals = [signal.SIGINT]
         env = trainer._accelerator_connector.cluster_environment
@@ -204,7 +191,6 @@ class GracefulStop(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        hang("batch", trainer.fit_loop.total_batch_idx + 1)
         if trainer.global_step == self._last_step:  # inside an accumulation: not a step boundary
             return
         self._last_step = trainer.global_step
@@ -222,36 +208,13 @@ class GracefulStop(Callback):
                 if save is not None:
                     save(trainer)
 
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
-        if trainer.state.fn == "fit":
-            hang("eval", trainer.global_step)
-
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self.teardown(trainer, pl_module, "fit")
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        global _ACTIVE
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
-        _ACTIVE = None
-
-
-_ACTIVE: Optional[GracefulStop] = None  # the handler a "batch" test hang waits on
-
-
-def hang(where: str, n: int) -> None:
-    """The test hook of the module docstring; returns at once unless IGSM_TEST_HANG names this moment."""
-    spec = os.environ.get(HANG_ENV)
-    if not spec or f"{where}:{n}" not in spec.split(","):
-        return
-    marker = os.environ.get(HANG_MARKER_ENV)
-    if marker:
-        with open(marker, "a") as f:
-            f.write(f"{where}:{n}\n")
-    while not (where == "batch" and _ACTIVE is not None and _ACTIVE.signum is not None):
-        time.sleep(0.01)
 
 
 # -- divergence ------------------------------------------------------------------------------------
@@ -266,4 +229,4 @@ class NonFiniteError(RuntimeError):
 
 
 __all__ = ["CheckpointError", "read_checkpoint", "find_resume_checkpoint", "version_folders", "resume_args",
-           "warn_changed_settings", "GracefulStop", "hang", "NonFiniteError"]
+           "warn_changed_settings", "GracefulStop", "NonFiniteError"]
