@@ -11,7 +11,10 @@ written elsewhere and counts them the same way (:class:`igsm.verify.Tally`).
   and verify it strictly (:func:`igsm.verify.verify_solution`): one :class:`Attempt` each.
 - :func:`tally`: the counts of a list of attempts (:class:`igsm.verify.Tally`).
 
-Decoding runs in the caller's precision: wrap the call in the autocast the run uses.
+Decoding runs in the caller's precision: wrap the call in the autocast the run uses. Evaluation
+decodes each batch with :meth:`GPTLitModule.decode` (its budget, and the hook tests replace) in
+chunks of the batch's own order (:func:`igsm.decode.decode_in_chunks`, so an out-of-memory halving
+equals a smaller ``eval.batch_size``), then grades and counts with :func:`grade` and :func:`tally`.
 """
 
 from __future__ import annotations
