@@ -156,6 +156,9 @@ def summary_lines(results: dict) -> list[str]:
                          f"{pct(g.get('majority_acc')):>8}"
                          + (f"  {pct(g.get('positive_acc')):>8}  {'':>10}" if positive else "")
                          + f"  {g['n_test_pairs']:>6}")
+    for task, e in results["tasks"].items():
+        if "necessity" in e:  # the regret probe's necessity-only control (probing.labels.necessity_baseline)
+            lines.append(f"{task}: necessity-only control {pct(e['necessity_acc'])} ({e['necessity']['mapping']})")
     return lines
 
 
@@ -312,6 +315,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                       for t in p.tasks}},
         **results,
     }
+    if "regret" in results["tasks"]:  # the necessity-only control, on the same test queries
+        from probing.data import regret_necessity_control
+
+        queries = datamodule.dataset("regret", "test", p.test_problems)
+        results["tasks"]["regret"].update(regret_necessity_control(queries))
     if p.positive_control or p.shuffle_labels:
         results["controls"] = {"positive_control": p.positive_control, "shuffle_labels": p.shuffle_labels,
                                "positive_steps": p.positive_steps if p.positive_control else None,

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Optional
 
-from .config import GENERATOR_PRESETS, OP_SAMPLING, ConfigError, GeneratorConfig, generator_preset
+from .config import GENERATOR_PRESETS, OP_SAMPLING, RETRY_WEAK_FROM, ConfigError, GeneratorConfig, generator_preset
 from .generator import GenerationError, generate_problem, problem_rng
 from .problem import Problem
 from .world import WorldError, load_world
@@ -73,6 +73,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
         overrides["world"] = a.world
     if a.retry_rate:
         overrides["retry_rate"], overrides["retry_kind"] = a.retry_rate, a.retry_kind
+        if a.retry_weak_from is not None:
+            overrides["retry_weak_from"] = a.retry_weak_from
     cfg = generator_preset(a.preset, **overrides)
     if a.world is not None:
         load_world(a.world)  # fail early with the file's own message
@@ -95,6 +97,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     status(f"wrote {a.n} {a.preset} problems (split={a.split}, op={op}, "
            f"format={cfg.fmt}, reask={a.reask}, seed={a.seed}"
            + (f", retry_rate={cfg.retry_rate}, retry_kind={cfg.retry_kind}" if cfg.retry_rate else "")
+           + (f", retry_weak_from={cfg.retry_weak_from}" if cfg.retry_rate and cfg.retry_kind == "retry_weak" else "")
            + f") to {_where(a.out)}")
     return 0
 
@@ -544,7 +547,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retry data (Part 2.2): before each solution sentence, with this probability (again and "
                         "again), insert a wrong step 'Define A as BACK.' (default 0: off)")
     g.add_argument("--retry-kind", choices=["retry", "retry_weak"], default="retry",
-                   help="retry: A is not computable yet; retry_weak: A is defined later in the solution")
+                   help="retry: A is any parameter of the structure not computable yet; retry_weak: A is one the "
+                        "solution still has to define")
+    g.add_argument("--retry-weak-from", choices=list(RETRY_WEAK_FROM), default=None,
+                   help="retry_weak only: 'next' (default, as Part 2.2) may retract the very next step too; "
+                        "'later': only the steps after it")
     g.add_argument("--out", default="-",
                    help="JSONL file (default, or -: standard output), or FILE.parquet (extra [hf])")
     g.set_defaults(func=cmd_generate)

@@ -13,6 +13,7 @@ from typing import ClassVar, NamedTuple, Optional
 MAX_OP = 52  # solution steps each take one of the 52 ASCII letters
 OP_SAMPLING = ("min2", "uniform")  # GeneratorConfig.op_sampling
 RETRY_KINDS = ("retry", "retry_weak")  # igsm.retry
+RETRY_WEAK_FROM = ("next", "later")  # igsm.retry: retry_weak's pool starts at the next step, or after it
 
 
 class ConfigError(ValueError):
@@ -46,6 +47,9 @@ class GeneratorConfig:
     # and again: a geometric number), a wrong step "Define A as BACK." is inserted; 0 = off.
     retry_rate: float = 0.0
     retry_kind: str = "retry"  # "retry": A not computable yet; "retry_weak": A defined later in the solution
+    # retry_weak only: "next" (Part 2.2's default) may retract the very next step too; "later" only
+    # the steps after it.
+    retry_weak_from: str = "next"
 
 
 GENERATOR_PRESETS: dict[str, GeneratorConfig] = {
@@ -108,6 +112,8 @@ def validate_generator(cfg: GeneratorConfig, prefix: str = "") -> None:
     _check(isinstance(cfg.retry_rate, (int, float)) and 0.0 <= cfg.retry_rate < 1.0, k("retry_rate"),
            cfg.retry_rate, "a float in [0, 1) (0 = no retries)")
     _check(cfg.retry_kind in RETRY_KINDS, k("retry_kind"), cfg.retry_kind, f"one of {list(RETRY_KINDS)}")
+    _check(cfg.retry_weak_from in RETRY_WEAK_FROM, k("retry_weak_from"), cfg.retry_weak_from,
+           f"one of {list(RETRY_WEAK_FROM)}")
 
 
 @dataclass

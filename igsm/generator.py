@@ -115,7 +115,7 @@ def generate_problem(cfg: GeneratorConfig, rng: random.Random, world: Optional[W
             )
             render_problem(problem, rng)
             if cfg.retry_rate > 0:  # own derived stream: the problem itself does not change
-                add_retries(problem, cfg.retry_rate, cfg.retry_kind, rng)
+                add_retries(problem, cfg.retry_rate, cfg.retry_kind, rng, cfg.retry_weak_from)
             return problem
     raise GenerationError(
         f"no problem with op={s} in split={cfg.split!r} found in {MAX_ATTEMPTS} attempts: either "

@@ -564,11 +564,14 @@ def probe_table(runs: list[Run]) -> list[str]:
         backbone = _backbone_label(r)
         for task, e in probe.get("tasks", {}).items():
             acc = e.get("acc")
-            controls = [c for c in (e.get("random_init_acc"), e.get("majority_acc")) if c is not None]
+            # necessity_acc: the regret probe's necessity-only control (probing.labels.necessity_baseline)
+            controls = [c for c in (e.get("random_init_acc"), e.get("majority_acc"), e.get("necessity_acc"))
+                        if c is not None]
             margin = "-" if acc is None or not controls else f"{100 * (acc - max(controls)):+.1f}"
             rows.append([r.label, backbone, task, _pct(acc), _pct(e.get("random_init_acc")),
-                         _pct(e.get("majority_acc")), margin, e.get("n_test_pairs", "-")])
-    return _table(["probe run", "backbone run", "task", "trained", "random init", "majority",
+                         _pct(e.get("majority_acc")), _pct(e.get("necessity_acc")), margin,
+                         e.get("n_test_pairs", "-")])
+    return _table(["probe run", "backbone run", "task", "trained", "random init", "majority", "necessity only",
                    "margin (points over the best control)", "test pairs"], rows)
 
 

@@ -30,7 +30,8 @@ given) must equal the question's value. ``Report.first_wrong_sentence`` is the 0
 the sentence with the reported error (for error analysis at the boundary before it).
 
 **Retractions** (retry data, :mod:`igsm.retry`): a sentence ``Define A as BACK`` is checked to be
-well formed (A a parameter of the problem that no earlier sentence computed), then removed, and
+well formed (A a parameter of the problem's structure, an abstract one that no statement uses
+included, that no earlier sentence computed), then removed, and
 the rest is graded as above (sentence numbers still count it). ``Report.retractions`` counts
 them, ``true_regrets`` those whose A was not computable yet there (an input not computed yet) and
 ``false_regrets`` those whose A was ready.

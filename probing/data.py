@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 from igsm.config import GeneratorConfig
 from igsm.generator import GenerationError, generate_problem, problem_rng, world_for
 from igsm.problem import Problem
-from probing.labels import TASKS, ProblemLabels, check_task, draw_queries
+from probing.labels import TASKS, ProblemLabels, check_task, draw_queries, necessity_baseline
 
 PROBE_STREAM = "probe"
 HELDOUT_STREAM = "probe_heldout"  # test pairs from fresh training-template problems (probe.test_split=train)
@@ -159,7 +159,7 @@ def probe_problem(gen_cfg: GeneratorConfig, seed: int, split: str, index: int, s
 
 
 def problem_pairs(tokenizer, problem: Problem, task: str, rng, draws: int = 10) -> list[dict]:
-    """The probe inputs of one problem for one task: ``{"ids", "label", "dist", "position", "a", "b"}``."""
+    """The probe inputs of one problem for one task: ``{"ids", "label", "dist", "position", "a", "b", "nece"}``."""
     labels = ProblemLabels(problem)
     tokens = ProblemTokens(tokenizer, problem)
     out = []
@@ -171,7 +171,7 @@ def problem_pairs(tokenizer, problem: Problem, task: str, rng, draws: int = 10) 
                             problem.param_name(b) if b is not None else None)
         out.append({"ids": ids, "label": labels.label(task, a, b, pos),
                     "dist": labels.distance(a) if task == "nece" else -1,
-                    "position": pos, "a": a, "b": b})
+                    "position": pos, "a": a, "b": b, "nece": int(a in problem.necessary)})
     return out
 
 
@@ -201,8 +201,8 @@ class ProbeDataset(Dataset):
         except GenerationError:  # the generator gave up on this draw (rare): no pairs
             return []
         rng = problem_rng(self.seed, self.stream, self.split, index, self.task)
-        rows = [{k: r[k] for k in ("ids", "label", "dist")}
-                for r in problem_pairs(self.tokenizer, problem, self.task, rng, self.draws)]
+        keys = ("ids", "label", "dist", "nece") if self.task == "regret" else ("ids", "label", "dist")
+        rows = [{k: r[k] for k in keys} for r in problem_pairs(self.tokenizer, problem, self.task, rng, self.draws)]
         if self.shuffle_labels and rows:
             donor_labels = self._donor_labels(index)
             if not donor_labels:
@@ -223,6 +223,16 @@ class ProbeDataset(Dataset):
             return []
         rng = problem_rng(self.seed, DONOR_STREAM, self.split, index, self.task)
         return [r["label"] for r in problem_pairs(self.tokenizer, donor, self.task, rng, self.draws)]
+
+
+def regret_necessity_control(dataset: ProbeDataset) -> dict:
+    """The regret probe's necessity-only control on a regret dataset's queries (its label shuffling
+    included): :func:`probing.labels.necessity_baseline`, for ``probe.json``'s regret entry."""
+    if dataset.task != "regret":
+        raise ValueError(f"the necessity-only control is the regret task's, not {dataset.task!r}'s")
+    b = necessity_baseline((r["nece"], r["label"]) for i in range(len(dataset)) for r in dataset[i])
+    return {"necessity": {**b, "rule": "the better of regret = not nece / regret = nece on the test queries"},
+            "necessity_acc": b["acc"]}
 
 
 class ResumeSampler(Sampler):
@@ -343,5 +353,5 @@ class ProbeDataModule(pl.LightningDataModule if pl is not None else object):
 __all__ = [
     "PROBE_STREAM", "HELDOUT_STREAM", "DONOR_STREAM", "encode_part", "regret_ids", "name_ids", "sentence_ids",
     "ProblemTokens", "query_ids", "collate_pairs", "PairCollate", "probe_problem", "problem_pairs", "ProbeDataset",
-    "ResumeSampler", "ProbeDataModule",
+    "regret_necessity_control", "ResumeSampler", "ProbeDataModule",
 ]

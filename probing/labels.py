@@ -26,9 +26,11 @@ task            label of (A[, B]) at the position             position
 ==============  ============================================  =====================================
 
 ``regret`` (Part 2.2's "I made a mistake" probe, on request: not in the default ``TASKS``) draws
-its candidates balanced: as many wrong steps (A neither known nor computable: an input is not
-computed yet, the mistakes of retry data and the verifier's ``not_ready``) as correct next steps
-(A ``nece_next``), each uniform over the (boundary, A) pairs of its kind.
+its candidates stratified so that necessity tells nothing: among the necessary parameters of G as
+many wrong steps (A neither known nor computable: an input is not computed yet, the mistakes of
+retry data and the verifier's ``not_ready``) as ready ones (A ``can_next``), and the same among the
+unnecessary parameters, each uniform over the (boundary, A) pairs of its kind. Predicting the label
+from ``nece(A)`` alone then scores 50% (:func:`necessity_baseline`, reported beside the probe).
 
 A literal (RNG) input is always "known", so a constant parameter (or an abstract one with no
 children) is ``can_next`` until it is computed. Positions are indices: ``0`` for ``nece`` and
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Iterable
 from typing import Optional
 
 from igsm.config import PROBE_EXTRA_TASKS, PROBE_TASKS
@@ -155,12 +158,12 @@ class ProblemLabels:
         return int(can_next and a in self.necessary)  # nece_next
 
     def regret_candidates(self, j: int) -> tuple[list[Param], list[Param]]:
-        """(wrong, right) next steps at boundary j: A neither known nor computable yet (label 1),
-        and the correct next steps, A ``nece_next`` (label 0)."""
+        """(wrong, ready) steps at boundary j over G: A neither known nor computable yet (label 1),
+        and A ``can_next``, computable and not known yet (label 0; the solution's next step among them)."""
         inf = self.INF
         wrong = [p for p in self.params if self.step.get(p, inf) > j and self.ready[p] > j]
-        right = [p for p in self.params if p in self.necessary and self.ready[p] <= j < self.step.get(p, inf)]
-        return wrong, right
+        ready = [p for p in self.params if self.ready[p] <= j < self.step.get(p, inf)]
+        return wrong, ready
 
     def distance(self, a: Param) -> int:
         """Distance from A to the question (0 for the question, -1 when A is not an ancestor)."""
@@ -204,23 +207,51 @@ def draw_queries(problem: Problem, task: str, rng: random.Random, n: int = 10) -
 
 
 def draw_regret_queries(problem: Problem, rng: random.Random, n: int = 10) -> list[tuple]:
-    """Up to ``n`` distinct ``(position, A, None)`` regret draws, exactly balanced: the same number
-    ``min(n // 2, wrong, right)`` of wrong steps (label 1) and of correct next steps (label 0), each
-    drawn uniformly without repeats from all (boundary, A) pairs of its kind; shuffled."""
+    """Up to ``n`` distinct ``(position, A, None)`` regret draws, balanced within each necessity
+    stratum: among the necessary A as many wrong steps (label 1) as ready ones (label 0), and the
+    same among the unnecessary A, each drawn uniformly without repeats from all (boundary, A) pairs
+    of its kind; shuffled. The ``n // 2`` (wrong, ready) pairs are shared between the strata as evenly
+    as their pools allow (necessary first on a tie). So ``nece(A)`` says nothing about the label."""
     labels = ProblemLabels(problem)
-    pools: tuple[list, list] = ([], [])
+    necessary = problem.necessary
+    pools: dict[bool, tuple[list, list]] = {True: ([], []), False: ([], [])}  # nece -> (wrong, ready)
     for j in range(n_positions(problem, "regret")):
-        wrong, right = labels.regret_candidates(j)
-        pools[0].extend((j, a, None) for a in wrong)
-        pools[1].extend((j, a, None) for a in right)
-    m = min(n // 2, len(pools[0]), len(pools[1]))
-    out = rng.sample(pools[0], m) + rng.sample(pools[1], m)
+        wrong, ready = labels.regret_candidates(j)
+        for kind, params in enumerate((wrong, ready)):
+            for a in params:
+                pools[a in necessary][kind].append((j, a, None))
+    room = {s: min(len(w), len(r)) for s, (w, r) in pools.items()}
+    pairs = {True: 0, False: 0}
+    for _ in range(n // 2):
+        open_ = [s for s in (True, False) if pairs[s] < room[s]]
+        if not open_:
+            break
+        pairs[min(open_, key=lambda s: pairs[s])] += 1  # min keeps the first (necessary) on a tie
+    out: list[tuple] = []
+    for s in (True, False):
+        wrong, ready = pools[s]
+        out += rng.sample(wrong, pairs[s]) + rng.sample(ready, pairs[s])
     rng.shuffle(out)
     return out
 
 
+def necessity_baseline(pairs: Iterable[tuple[int, int]]) -> dict:
+    """The regret probe's necessity-only control on ``(nece, label)`` pairs of its test queries: the
+    accuracy of the better of the two rules "regret = not nece" and "regret = nece", chosen on these
+    same queries (an upper bound for any rule that reads nece alone and is not constant; the
+    constant rules are the majority control). ``{"acc", "mapping", "n"}``; ``acc`` None without pairs,
+    ``mapping`` "either (tie)" when both rules score the same."""
+    pairs = list(pairs)
+    agree = sum(int(nece == label) for nece, label in pairs)
+    if not pairs:
+        return {"acc": None, "mapping": None, "n": 0}
+    disagree = len(pairs) - agree
+    mapping = "regret = nece" if agree > disagree else "regret = not nece" if disagree > agree else "either (tie)"
+    return {"acc": max(agree, disagree) / len(pairs), "mapping": mapping, "n": len(pairs)}
+
+
 __all__ = [
-    "ALL_TASKS", "draw_regret_queries",
+    "ALL_TASKS", "draw_regret_queries", "necessity_baseline",
     "TASKS", "NUM_CLASSES", "PAIR_TASKS", "BOUNDARY_TASKS", "UNKNOWN_VALUE", "MAX_DISTANCE",
     "check_task", "graph_params", "n_positions", "question_distances", "ProblemLabels", "label",
     "draw_queries",

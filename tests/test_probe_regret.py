@@ -1,20 +1,22 @@
 """The regret probe (Part 2.2, issue 21 item 4): labels, balanced draws, the natural read position,
 controls, and the error analysis on the model's own outputs."""
 
+import importlib.util
+
 import lightning.pytorch as pl
 import pytest
 import torch
 
 from conftest import draw_problems
 from igsm.config import ConfigError, ModelConfig, ProbeConfig, generator_preset, validate_probe
-from igsm.generator import problem_rng, world_for
+from igsm.generator import generate_problem, problem_rng, world_for
 from igsm.model import GPT
 from igsm.tokenizer import build_tokenizer
 from igsm.verify import verify_solution
 from probing.analysis import regret_cases
 from probing.controls import FineTuned, finetune_positive, last_end_index
-from probing.data import ProbeDataModule, ProblemTokens, problem_pairs
-from probing.labels import ALL_TASKS, NUM_CLASSES, TASKS, ProblemLabels, draw_queries
+from probing.data import ProbeDataModule, ProbeDataset, ProblemTokens, problem_pairs, regret_necessity_control
+from probing.labels import ALL_TASKS, NUM_CLASSES, TASKS, ProblemLabels, draw_queries, necessity_baseline
 from probing.vprobe import VProbe
 
 GEN = generator_preset("small_cpu", split="any")
@@ -37,21 +39,70 @@ def test_regret_labels_and_balance():
         lab = ProblemLabels(p)
         known = set()
         for j, step in enumerate(p.solution_order):
-            wrong, right = lab.regret_candidates(j)
-            assert step in right  # the solution's own next step is a correct one
+            wrong, ready = lab.regret_candidates(j)
+            assert step in ready  # the solution's own next step is a ready one
             for a in wrong:
                 assert a not in known and any(q not in known for q in p.equations[a].inputs)
                 assert lab.label("regret", a, position=j) == 1
-            for a in right:
+            for a in ready:
                 assert lab.label("regret", a, position=j) == 0 == 1 - lab.label("can_next", a, position=j)
             known.add(step)
         qs = draw_queries(p, "regret", problem_rng(0, "q"), 10)
-        assert len(set(qs)) == len(qs) and all(0 <= j < len(p.solution_order) and b is None for j, _, b in qs)
-        labels = [lab.label("regret", a, position=j) for j, a, _ in qs]
-        assert labels.count(0) == labels.count(1)  # exactly balanced per problem
-        n[0] += labels.count(0)
-        n[1] += labels.count(1)
-    assert n[0] > 200
+        assert len(qs) <= 10 and len(set(qs)) == len(qs)
+        assert all(0 <= j < len(p.solution_order) and b is None for j, _, b in qs)
+        for nece in (True, False):  # exactly balanced per problem within each necessity stratum
+            labels = [lab.label("regret", a, position=j) for j, a, _ in qs if (a in p.necessary) == nece]
+            assert labels.count(0) == labels.count(1)
+            n[nece] += len(labels)
+    assert n[True] > 200 and n[False] > 200
+
+
+@pytest.fixture(scope="module")
+def baseline_script(repo_root):
+    spec = importlib.util.spec_from_file_location("regret_necessity_baseline",
+                                                  repo_root / "scripts" / "regret_necessity_baseline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_necessity_alone_predicts_nothing_on_the_regret_queries(baseline_script):
+    """On the probe's test queries of 300 tiny test-template problems, the rule "regret = not
+    necessary" (or its opposite) scores 50%: the probe must read readiness. Issue 21's draw, which
+    took every ready query from the necessary parameters, let that rule score ~65%."""
+    gen = generator_preset("tiny", split="test")
+    stratified, issue21 = [], []
+    for i in range(300):
+        p = generate_problem(gen, problem_rng(0, "probe", "test", i), world_for(gen))
+        lab = ProblemLabels(p)
+        for queries, out in ((draw_queries(p, "regret", problem_rng(1, i), 10), stratified),
+                             (baseline_script.issue21_regret_queries(p, problem_rng(1, i), 10), issue21)):
+            out += [(int(a in p.necessary), lab.label("regret", a, position=j)) for j, a, _ in queries]
+    new, old = necessity_baseline(stratified), necessity_baseline(issue21)
+    assert new["n"] > 1000 and new["acc"] == 0.5 and new["mapping"] == "either (tie)"
+    assert sum(label for _, label in stratified) * 2 == len(stratified)  # the majority guess: 50% too
+    assert old["n"] > 1000 and old["acc"] > 0.6 and old["mapping"] == "regret = not nece"
+    assert necessity_baseline([]) == {"acc": None, "mapping": None, "n": 0}
+    assert necessity_baseline([(1, 1), (1, 1), (0, 1)])["mapping"] == "regret = nece"
+
+
+def test_baseline_script_and_control_read_the_probe_test_queries(baseline_script):
+    """scripts/regret_necessity_baseline.py and probe.json's necessity control see exactly the
+    (nece, label) pairs of the regret ProbeDataset that probe.py tests on."""
+    from igsm.cli_config import load_config
+    from igsm.config import TrainConfig, build_data_tokenizer, generator_config
+
+    data = load_config(TrainConfig, ["preset=tiny"]).data
+    tok = build_data_tokenizer(data)
+    ds = ProbeDataset(tok, generator_config(data), "regret", "test", 12, seed=3, draws=10)
+    rows = [(r["nece"], r["label"]) for i in range(len(ds)) for r in ds[i]]
+    assert len(rows) > 40
+    assert baseline_script.nece_and_labels("tiny", n_problems=12, seed=3, draws=10) == rows
+    control = regret_necessity_control(ds)
+    assert control["necessity_acc"] == necessity_baseline(rows)["acc"] == 0.5
+    assert baseline_script.main(["--presets", "tiny", "--problems", "6"]) == 0
+    with pytest.raises(ValueError, match="regret"):
+        regret_necessity_control(ProbeDataset(tok, generator_config(data), "nece", "test", 2))
 
 
 @pytest.mark.parametrize("tok_name", ["word", "gpt2"])
@@ -164,4 +215,6 @@ def test_probe_py_regret_end_to_end(tiny_train_run, tmp_path):
     e = res["tasks"]["regret"]
     assert 0 <= e["acc"] <= 1 and 0 <= e["random_init_acc"] <= 1 and 0 <= e["positive_acc"] <= 1
     assert e["majority_acc"] == pytest.approx(0.5)
+    # the necessity-only control beside them: 50% on the stratified queries
+    assert e["necessity_acc"] == 0.5 and e["necessity"]["n"] == e["n_test_pairs"]
     assert "regret" in json.loads((run / "analysis.json").read_text())

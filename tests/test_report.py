@@ -54,7 +54,9 @@ def make_probe_run(root: Path) -> Path:
     (run / "run_info.json").write_text(json.dumps({"kind": "probe", "backbone_run": "wide"}))
     grid = {"layers": [1, 2], "distances": [1, 2, 3], "acc": [[0.9, 0.5, None], [0.95, 0.8, None]], "n": [40, 12, 0]}
     tasks = {"nece": {"acc": 0.9, "random_init_acc": 0.6, "majority_acc": 0.55, "n_test_pairs": 52},
-             "value": {"acc": 0.6, "random_init_acc": 0.62, "majority_acc": 0.5, "n_test_pairs": 70}}
+             "value": {"acc": 0.6, "random_init_acc": 0.62, "majority_acc": 0.5, "n_test_pairs": 70},
+             "regret": {"acc": 0.7, "random_init_acc": 0.55, "majority_acc": 0.5, "necessity_acc": 0.65,
+                        "n_test_pairs": 40}}
     (run / "probe.json").write_text(json.dumps({"backbone": {"run": "wide"}, "probe": {"steps": 20},
                                                 "tasks": tasks, "nece_by_distance": grid}))
     return run
@@ -96,8 +98,10 @@ def test_report_writes_tables_and_figures_and_names_each_bad_run(runs_root, tmp_
     assert "| deep/version_0 | 256k | 4 × 64 | tiny (max_op 4) | 410k | 100 |" in md  # 100 steps x 16 x 256 tokens
     assert "| deep/version_0 | op=6 | test | out | 8 | 12.5% | 25.0% | - |" in md
     assert "| deep/version_0 | train_op=2 | train | in | 8 | 50.0% | 62.5% | 0.25 |" in md
-    assert "| wide_probe/version_0 | wide | nece | 90.0% | 60.0% | 55.0% | +30.0 | 52 |" in md
-    assert "| wide_probe/version_0 | wide | value | 60.0% | 62.0% | 50.0% | -2.0 | 70 |" in md
+    assert "| wide_probe/version_0 | wide | nece | 90.0% | 60.0% | 55.0% | - | +30.0 | 52 |" in md
+    assert "| wide_probe/version_0 | wide | value | 60.0% | 62.0% | 50.0% | - | -2.0 | 70 |" in md
+    # the regret probe's necessity-only control is shown and counts as a control of the margin
+    assert "| wide_probe/version_0 | wide | regret | 70.0% | 55.0% | 50.0% | 65.0% | +5.0 | 40 |" in md
     assert "running" not in md.split("Left out:")[1].split("##")[1]  # bad runs appear only in "Left out"
     pngs = {p.name for p in out.glob("*.png")}
     assert pngs == {"accuracy_vs_op.png", "probe_wide_probe_version_0.png", "nece_by_distance_wide_probe_version_0.png",
