@@ -105,7 +105,7 @@ ERROR_KINDS = (
 )
 
 _LETTERS = frozenset(string.ascii_letters)
-_NUM = {str(i): i for i in range(10_000)}  # canonical decimal numbers (no leading zeros, no sign)
+_NUM = {str(i): i for i in range(10_000)}  # decimal numbers in their one written form (no leading zeros, no sign)
 _MAX_SHOWN = 90  # characters of a sentence quoted in a message
 
 
