@@ -277,10 +277,11 @@ def test_train_config_retry_keys_and_presets():
 def test_eval_json_counts_retractions():
     from igsm.config import parse_bucket
     from igsm.lit import EvalScores, bucket_entry
+    from igsm.verify import Tally
 
     m = EvalScores()
-    m.update(4, 2, 3, 0, ["not_ready", "bad_retraction"],
-             {"retractions": 3, "with_retractions": 2, "true_regrets": 2, "false_regrets": 1})
+    m.update(Tally(n=4, correct=2, answer_correct=3, unnecessary=0, errors={"not_ready": 1, "bad_retraction": 1},
+                   retractions=3, with_retractions=2, true_regrets=2, false_regrets=1))
     e = bucket_entry(parse_bucket("<=4"), m.compute(), 5)
     assert e["retractions_per_problem"] == 0.75 and e["solutions_with_retractions"] == 2
     assert (e["true_regrets"], e["false_regrets"]) == (2, 1) and e["errors"]["bad_retraction"] == 1

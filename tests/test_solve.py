@@ -70,8 +70,8 @@ def test_save_figure_writes_png_and_frees_pyplot_figures(tmp_path):
     from igsm.show import save_figure
 
     fig = plt.figure()
-    assert save_figure(fig, tmp_path / "a.png") == tmp_path / "a.png" and not plt.get_fignums()
-    buffer = io.BytesIO()
-    save_figure(plt.figure(), buffer)
-    assert buffer.getvalue()[:4] == b"\x89PNG" and not plt.get_fignums()
+    assert save_figure(fig, tmp_path / "a.png") == tmp_path / "a.png" and fig.number not in plt.get_fignums()
+    buffer, fig = io.BytesIO(), plt.figure()
+    save_figure(fig, buffer)
+    assert buffer.getvalue()[:4] == b"\x89PNG" and fig.number not in plt.get_fignums()
     assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
