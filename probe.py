@@ -332,7 +332,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     nece = results["tasks"].get("nece", {}).get("trained", {}).get("by_distance")
     if nece is not None:
         results["nece_by_distance"] = nece
-        from igsm.report import nece_by_distance_figure, save_figure
+        from igsm.report import nece_by_distance_figure
+        from igsm.show import save_figure
 
         save_figure(nece_by_distance_figure(nece), run_dir / "nece_by_distance.png")
 

@@ -258,12 +258,10 @@ def read_jsonl(path: str) -> Iterator[tuple[int, dict]]:
 # ----------------------------------------------------------------------------------------------
 def cmd_verify(a: argparse.Namespace) -> int:
     from .parse import verify_text
-    from .verify import verify_solution
+    from .verify import Tally, verify_solution
 
     world = load_world(a.world)
-    total = correct = 0
-    regrets = [0, 0, 0]  # retractions (retry data), true and false regrets
-    with_retractions = 0
+    counts = Tally()
     out = _open_out(a.out) if a.out else None
     try:
         for n, obj in read_records(a.inp):
@@ -280,22 +278,17 @@ def cmd_verify(a: argparse.Namespace) -> int:
                 report = verify_solution(problem, obj["solution"], answer)
             else:
                 report = verify_text(obj["problem"], obj["solution"], answer, world)
-            total += 1
-            correct += bool(report.correct)
-            regrets[0] += report.retractions
-            regrets[1] += report.true_regrets
-            regrets[2] += report.false_regrets
-            with_retractions += report.retractions > 0
+            counts.add(report)
             if out:
                 rec = {"id": obj.get("id", n), **_report_fields(report)}
                 out.write(json.dumps(rec, ensure_ascii=False) + "\n")
     finally:
         if out:
             out.close()
-    summary = f"{total} verified: {correct} correct, {total - correct} wrong"
-    if regrets[0]:  # retry data (igsm.retry)
-        summary += (f"; {regrets[0]} retractions in {with_retractions} solutions ({regrets[1]} not computable yet, "
-                    f"{regrets[2]} ready)")
+    summary = f"{counts.n} verified: {counts.correct} correct, {counts.n - counts.correct} wrong"
+    if counts.retractions:  # retry data (igsm.retry)
+        summary += (f"; {counts.retractions} retractions in {counts.with_retractions} solutions "
+                    f"({counts.true_regrets} not computable yet, {counts.false_regrets} ready)")
     # The summary is the result, unless the per-line report already fills standard output.
     print(summary, file=sys.stderr if a.out == "-" else sys.stdout)
     return 0

@@ -4,11 +4,14 @@ Prompts are sorted by length so each batch holds similar lengths (little padding
 onto one position grid, prefilled in one forward pass, then extended one token per step from
 the cache. Left padding is exact: padded keys are masked out, and RoPE scores depend only on
 relative positions (see :mod:`igsm.model`).
+
+A batch that runs out of memory is decoded again in halves (:func:`decode_in_chunks`,
+:func:`greedy_decode_fitting`). Solving problems (decode, parse, verify, count) is :mod:`igsm.solve`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Optional
 
 import torch
@@ -125,4 +128,50 @@ def _id_table(ids: Iterable[int], vocab_size: int, device: torch.device) -> torc
     return table.to(device)
 
 
-__all__ = ["greedy_decode"]
+def decode_in_chunks(decode: Callable[[list], list], prompts: list, chunk: int,
+                     on_halve: Optional[Callable[[int, int], None]] = None) -> tuple[list, int]:
+    """``decode`` over consecutive chunks of at most ``chunk`` prompts; a chunk that runs out of
+    memory is retried in halves. Returns (the outputs in order, the chunk size that fitted), so the
+    caller can start there next time. Consecutive chunks are exactly the batches a run with the
+    smaller ``eval.batch_size`` decodes when that size divides the batch (always for halvings of a
+    power of two), so the results are the same. ``on_halve(old, new)`` is told of each halving."""
+    out: list = []
+    start = 0
+    while start < len(prompts):
+        part = prompts[start:start + chunk]
+        try:
+            out.extend(decode(part))
+            start += len(part)
+            continue
+        except torch.OutOfMemoryError:
+            if chunk == 1:
+                raise
+        # Out of the except block, so the failed attempt's tensors (held by the traceback) are freed.
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if on_halve is not None:
+            on_halve(chunk, chunk // 2)
+        chunk //= 2
+    return out, chunk
+
+
+def greedy_decode_fitting(model: GPT, prompts: list[list[int]], *, batch_size: int,
+                          on_halve: Optional[Callable[[int, int], None]] = None,
+                          **decode_args) -> tuple[list[list[int]], int]:
+    """:func:`greedy_decode` with ``batch_size``, halved when a batch runs out of memory
+    (:func:`decode_in_chunks`); returns (generations in input order, the batch size that fitted).
+    The chunks are taken longest first, as :func:`greedy_decode` orders its batches, so without a
+    halving they are the batches ``greedy_decode(..., batch_size=batch_size)`` makes."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+
+    def decode(part: list[list[int]]) -> list[list[int]]:
+        return greedy_decode(model, part, batch_size=len(part), **decode_args)
+
+    generations, fitted = decode_in_chunks(decode, [prompts[i] for i in order], batch_size, on_halve=on_halve)
+    out: list[list[int]] = [[] for _ in prompts]
+    for i, generated in zip(order, generations):
+        out[i] = generated
+    return out, fitted
+
+
+__all__ = ["greedy_decode", "greedy_decode_fitting", "decode_in_chunks"]

@@ -1,4 +1,4 @@
-"""Surviving faults: damaged checkpoints, preemption signals, non-finite steps, evaluation OOM.
+"""Surviving faults: damaged checkpoints, preemption signals, non-finite steps.
 
 What each piece is for (docs/faults.md, "When things go wrong", tells users):
 
@@ -8,15 +8,9 @@ What each piece is for (docs/faults.md, "When things go wrong", tells users):
 - :class:`GracefulStop` turns SIGTERM / SIGINT (Ctrl-C) during training into "finish this optimizer
   step, save ``last.ckpt``, exit"; a second signal exits at once.
 - :class:`NonFiniteError` ends a run whose loss or gradient norm is not finite
-  (``trainer.on_nonfinite``), naming the step.
-- :func:`decode_in_chunks` decodes an evaluation batch that does not fit in memory in halves.
+  (``optim.on_nonfinite``), naming the step.
 
-Test hooks: ``IGSM_TEST_HANG="<where>:<n>,..."`` makes a run stop and wait at a chosen moment (after
-micro-batch ``n`` = ``batch:n``, while writing the checkpoint of step ``n`` = ``save:n``, in the
-evaluation at step ``n`` = ``eval:n``), after appending ``<where>:<n>`` to the file named by
-``IGSM_TEST_HANG_MARKER``, so that tests can kill it there without sleeping for fixed times.
-A ``batch`` wait ends when a stop signal arrives; the others wait until the process is killed.
-Only tests set these variables.
+An evaluation batch that does not fit in memory is decoded in halves: :func:`igsm.decode.decode_in_chunks`.
 """
 
 from __future__ import annotations
@@ -25,9 +19,7 @@ import os
 import re
 import signal
 import sys
-import time
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -36,9 +28,6 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from igsm.config import ConfigError
-
-HANG_ENV, HANG_MARKER_ENV = "IGSM_TEST_HANG", "IGSM_TEST_HANG_MARKER"
-
 
 # -- damaged checkpoints -------------------------------------------------------------------------
 
@@ -182,8 +171,6 @@ class GracefulStop(Callback):
         self._last_step = -1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        global _ACTIVE
-        _ACTIVE = self
         self._last_step = trainer.global_step
         signals = [signal.SIGINT]
         env = trainer._accelerator_connector.cluster_environment
@@ -204,7 +191,6 @@ class GracefulStop(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        hang("batch", trainer.fit_loop.total_batch_idx + 1)
         if trainer.global_step == self._last_step:  # inside an accumulation: not a step boundary
             return
         self._last_step = trainer.global_step
@@ -222,77 +208,25 @@ class GracefulStop(Callback):
                 if save is not None:
                     save(trainer)
 
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
-        if trainer.state.fn == "fit":
-            hang("eval", trainer.global_step)
-
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self.teardown(trainer, pl_module, "fit")
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        global _ACTIVE
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
-        _ACTIVE = None
-
-
-_ACTIVE: Optional[GracefulStop] = None  # the handler a "batch" test hang waits on
-
-
-def hang(where: str, n: int) -> None:
-    """The test hook of the module docstring; returns at once unless IGSM_TEST_HANG names this moment."""
-    spec = os.environ.get(HANG_ENV)
-    if not spec or f"{where}:{n}" not in spec.split(","):
-        return
-    marker = os.environ.get(HANG_MARKER_ENV)
-    if marker:
-        with open(marker, "a") as f:
-            f.write(f"{where}:{n}\n")
-    while not (where == "batch" and _ACTIVE is not None and _ACTIVE.signum is not None):
-        time.sleep(0.01)
 
 
 # -- divergence ------------------------------------------------------------------------------------
 
 class NonFiniteError(RuntimeError):
-    """The loss or gradient norm of a step is not finite (``trainer.on_nonfinite``)."""
+    """The loss or gradient norm of a step is not finite (``optim.on_nonfinite``)."""
 
     def __init__(self, step: int, value: float, skipped: int) -> None:
         self.step, self.value, self.skipped = step, value, skipped
-        extra = f" after skipping {skipped} such steps (trainer.max_nonfinite_skips)" if skipped else ""
+        extra = f" after skipping {skipped} such steps (optim.max_nonfinite_skips)" if skipped else ""
         super().__init__(f"non-finite loss or gradient norm ({value}) at optimizer step {step}{extra}")
 
 
-# -- out of memory in evaluation ---------------------------------------------------------------------
-
-def decode_in_chunks(decode: Callable[[list], list], prompts: list, chunk: int,
-                     on_halve: Optional[Callable[[int, int], None]] = None) -> tuple[list, int]:
-    """``decode`` over consecutive chunks of at most ``chunk`` prompts; a chunk that runs out of
-    memory is retried in halves. Returns (the outputs in order, the chunk size that fitted), so the
-    caller can start there next time. Consecutive chunks are exactly the batches a run with the
-    smaller ``eval.batch_size`` decodes when that size divides the batch (always for halvings of a
-    power of two), so the results are the same. ``on_halve(old, new)`` is told of each halving."""
-    out: list = []
-    start = 0
-    while start < len(prompts):
-        part = prompts[start:start + chunk]
-        try:
-            out.extend(decode(part))
-            start += len(part)
-            continue
-        except torch.OutOfMemoryError:
-            if chunk == 1:
-                raise
-        # Out of the except block, so the failed attempt's tensors (held by the traceback) are freed.
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        if on_halve is not None:
-            on_halve(chunk, chunk // 2)
-        chunk //= 2
-    return out, chunk
-
-
 __all__ = ["CheckpointError", "read_checkpoint", "find_resume_checkpoint", "version_folders", "resume_args",
-           "warn_changed_settings", "GracefulStop", "hang", "NonFiniteError", "decode_in_chunks"]
+           "warn_changed_settings", "GracefulStop", "NonFiniteError"]

@@ -209,7 +209,7 @@ def neox_config(model: GPT, tokenizer: Tokenizer):
         attention_bias=True,
         attention_dropout=cfg.dropout,
         hidden_dropout=cfg.dropout,
-        bos_token_id=tokenizer.eos_id,  # prompts start with eos (igsm.tokenizer.encode_prompt)
+        bos_token_id=tokenizer.eos_id,  # prompts start with eos (igsm.tokenizer.Tokenizer.encode_prompt)
         eos_token_id=tokenizer.eos_id,
         pad_token_id=tokenizer.pad_id,
     )

@@ -1,5 +1,5 @@
 """GPTLitModule: the LightningModule around :class:`igsm.model.GPT` (loss, optimizer, schedule,
-logging, evaluation). The network itself is a plain ``nn.Module``; this file stays thin.
+logging, evaluation). The network itself is a plain ``nn.Module`` in :mod:`igsm.model`.
 
 Training: next-token cross-entropy on packed windows (targets -100 carry no loss; with
 ``data.letter_loss=uniform`` the target of a new solution letter is the uniform distribution over
@@ -58,13 +58,14 @@ from torchmetrics import Metric
 from igsm.cli_config import config_from_dict
 from igsm.config import BucketSpec, TrainConfig, parse_bucket
 from igsm.data import EvalBatch
-from igsm.decode import greedy_decode
-from igsm.faults import NonFiniteError, decode_in_chunks
+from igsm.decode import decode_in_chunks, greedy_decode
+from igsm.faults import NonFiniteError
 from igsm.model import GPT
 from igsm.optim import MUON_GROUP, build_optimizer
+from igsm.solve import Attempt, grade, tally
 from igsm.tokenizer import Tokenizer, tokenizer_from_dict
-from igsm.trainer import cpu_has_native_bf16
-from igsm.verify import ERROR_KINDS
+from igsm.trainer import atomic_write, cpu_has_native_bf16
+from igsm.verify import ERROR_KINDS, Tally
 
 # Dense bf16 tensor-core peak per GPU (no sparsity), matched against torch.cuda.get_device_name;
 # the first key found in the name wins (so "H100 PCIe" before "H100").
@@ -112,6 +113,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 RETRY_COUNTS = ("retractions", "with_retractions", "true_regrets", "false_regrets")
+COUNTS = ("n", "correct", "answer_correct", "unnecessary", *RETRY_COUNTS)  # EvalScores' states besides errors
 
 
 class EvalScores(Metric):
@@ -121,26 +123,19 @@ class EvalScores(Metric):
 
     def __init__(self) -> None:
         super().__init__()
-        for name in ("n", "correct", "answer_correct", "unnecessary", *RETRY_COUNTS):
+        for name in COUNTS:
             self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("errors", default=torch.zeros(len(ERROR_KINDS), dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, n: int, correct: int, answer_correct: int, unnecessary: int,
-               errors: Optional[list[str]] = None, retries: Optional[dict[str, int]] = None) -> None:
-        """``unnecessary``: unnecessary parameters summed over the correct solutions; ``errors``:
-        the verifier's error kind of each wrong solution; ``retries``: sums of RETRY_COUNTS."""
-        self.n += n
-        self.correct += correct
-        self.answer_correct += answer_correct
-        self.unnecessary += unnecessary
-        for kind in errors or ():
-            self.errors[ERROR_KINDS.index(kind)] += 1
-        for k, v in (retries or {}).items():
-            setattr(self, k, getattr(self, k) + v)
+    def update(self, counts: Tally) -> None:
+        """Add the counts of one batch's graded solutions (:func:`igsm.solve.tally`)."""
+        for name in COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(counts, name))
+        for kind, count in counts.errors.items():
+            self.errors[ERROR_KINDS.index(kind)] += count
 
     def compute(self) -> dict[str, Any]:
-        counts: dict[str, Any] = {k: int(getattr(self, k))
-                                  for k in ("n", "correct", "answer_correct", "unnecessary", *RETRY_COUNTS)}
+        counts: dict[str, Any] = {k: int(getattr(self, k)) for k in COUNTS}
         counts["errors"] = {kind: int(c) for kind, c in zip(ERROR_KINDS, self.errors.tolist()) if c}
         return counts
 
@@ -380,7 +375,7 @@ class GPTLitModule(L.LightningModule):
     def decode_fitting(self, prompts: list[list[int]]) -> list[list[int]]:
         """:meth:`decode`, in halves when a batch runs out of memory; the smaller size then holds
         for the rest of the run (one warning per halving). Identical results to a run started with
-        that ``eval.batch_size`` (:func:`igsm.faults.decode_in_chunks`)."""
+        that ``eval.batch_size`` (:func:`igsm.decode.decode_in_chunks`)."""
         chunk = min(len(prompts), self._eval_chunk or len(prompts))
         generations, fitted = decode_in_chunks(self.decode, prompts, chunk, on_halve=self._warn_halved)
         if fitted < len(prompts):
@@ -395,27 +390,9 @@ class GPTLitModule(L.LightningModule):
         self._examples_logged = set()
 
     def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
-        from igsm.verify import verify_solution
-
-        generations = self.decode_fitting(batch.prompts)
-        correct = answer_correct = unnecessary = 0
-        examples, errors = [], []
-        retries = dict.fromkeys(RETRY_COUNTS, 0)
-        for problem, generated in zip(batch.problems, generations):
-            solution, answer = self.tokenizer.parse_generation(generated)
-            report = verify_solution(problem, solution, answer)
-            retries["retractions"] += report.retractions
-            retries["with_retractions"] += report.retractions > 0
-            retries["true_regrets"] += report.true_regrets
-            retries["false_regrets"] += report.false_regrets
-            correct += report.correct
-            answer_correct += report.answer_correct
-            unnecessary += len(report.unnecessary_params) if report.correct else 0
-            if not report.correct:
-                errors.append(report.error)
-            examples.append((problem, solution, answer, report))
-        self.eval_scores[batch.bucket].update(len(batch), correct, answer_correct, unnecessary, errors, retries)
-        self._log_examples(batch.bucket, examples)
+        attempts = grade(self.tokenizer, batch.problems, self.decode_fitting(batch.prompts))
+        self.eval_scores[batch.bucket].update(tally(attempts))
+        self._log_examples(batch.bucket, attempts)
 
     def on_validation_epoch_end(self) -> None:
         step = self.global_step
@@ -436,11 +413,13 @@ class GPTLitModule(L.LightningModule):
         self.last_eval, self.last_eval_step = entries, step
         run_dir = self.trainer.log_dir  # a broadcast from rank 0: every rank must ask
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            write_json_atomic(os.path.join(run_dir or ".", "eval.json"), entries)
+            with atomic_write(os.path.join(run_dir or ".", "eval.json")) as f:
+                json.dump(entries, f, indent=2)
+                f.write("\n")
             with open(os.path.join(run_dir or ".", "eval_history.jsonl"), "a") as history:
                 history.writelines(json.dumps(entry) + "\n" for entry in entries)  # the learning curve
 
-    def _log_examples(self, bucket: int, examples: list) -> None:
+    def _log_examples(self, bucket: int, examples: list[Attempt]) -> None:
         """The first ``eval.examples`` generations of a bucket as TensorBoard text (rank 0)."""
         experiment = getattr(self.logger, "experiment", None)
         if (bucket in self._examples_logged or not self.trainer.is_global_zero
@@ -448,10 +427,10 @@ class GPTLitModule(L.LightningModule):
             return
         self._examples_logged.add(bucket)
         parts = []
-        for problem, solution, answer, report in examples[: self.cfg.eval.examples]:
-            verdict = "correct" if report.correct else f"wrong ({report.error}: {report.message})"
-            parts.append(f"**problem** (op {problem.op}):\n\n    {problem.problem_text}\n\n"
-                         f"**generated**:\n\n    {solution}\n\n**answer** {answer} (expected {problem.answer}): "
+        for a in examples[: self.cfg.eval.examples]:
+            verdict = "correct" if a.report.correct else f"wrong ({a.report.error}: {a.report.message})"
+            parts.append(f"**problem** (op {a.problem.op}):\n\n    {a.problem.problem_text}\n\n"
+                         f"**generated**:\n\n    {a.solution}\n\n**answer** {a.answer} (expected {a.problem.answer}): "
                          f"{verdict}")
         experiment.add_text(f"eval/{self.buckets[bucket].label}/examples", "\n\n---\n\n".join(parts), self.global_step)
 
@@ -485,15 +464,4 @@ def uniform_letter_loss(logits: torch.Tensor, targets: torch.Tensor, letter_used
     return total / (onehot.sum() + slot.sum()).clamp(min=1)
 
 
-def write_json_atomic(path: str, data: Any) -> None:
-    """Write JSON so that a reader never sees a half-written file (temp file + rename)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-__all__ = ["GPTLitModule", "EvalScores", "lr_multiplier", "param_groups", "peak_flops", "PEAK_BF16_FLOPS",
-           "write_json_atomic"]
+__all__ = ["GPTLitModule", "EvalScores", "lr_multiplier", "param_groups", "peak_flops", "PEAK_BF16_FLOPS"]

@@ -35,10 +35,6 @@ class Param(NamedTuple):
     item: int  # index of the owner item within its layer
     target: int  # INST: index of the child item in layer+1; ABS: the deeper layer k > layer
 
-    @property
-    def is_abstract(self) -> bool:
-        return self.kind == ABS
-
 
 @dataclass(frozen=True, slots=True)
 class Equation:
@@ -205,14 +201,6 @@ class Problem:
             for j, kids in enumerate(layer)
             for k in kids
         ]
-
-    def dependents(self) -> dict[Param, list[Param]]:
-        """Reverse edges of the dependency graph: parameter -> parameters that use it."""
-        out: dict[Param, list[Param]] = {p: [] for p in self.equations}
-        for p, eq in self.equations.items():
-            for q in eq.inputs:
-                out[q].append(p)
-        return out
 
     def ancestors(self, p: Param) -> set[Param]:
         """Every parameter p depends on, directly or transitively (excluding p)."""

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from igsm.show import save_figure
+
 # Keys that may differ between runs of one depth-width grid: the run's name and where it ran.
 GRID_FREE_KEYS = {
     "name", "preset", "config", "ckpt_path", "print_config", "log_root", "model.n_layer", "model.n_head",
@@ -526,14 +528,6 @@ def train_loss_figure(run: Run, title: str = ""):
     return fig
 
 
-def save_figure(fig, path: Path) -> Path:
-    """Write a figure as PNG and free it."""
-    import matplotlib.pyplot as plt
-
-    fig.savefig(path, format="png")
-    plt.close(fig)
-    return path
-
 
 # ------------------------------------------------------------------------------------------------
 # Tables
@@ -762,5 +756,5 @@ def write_report(paths: Sequence[str | Path], out: str | Path = "report") -> dic
 
 __all__ = ["Run", "ReportError", "SkippedRun", "find_run_folders", "load_run", "load_runs", "write_report",
            "accuracy_vs_op_figure", "probe_bars_figure", "nece_by_distance_figure", "depth_width_figure",
-           "depth_width_groups", "forced_op_entries", "flatten", "save_figure", "learning_curve_figure", "curve_table",
+           "depth_width_groups", "forced_op_entries", "flatten", "learning_curve_figure", "curve_table",
            "regret_table", "train_loss_figure", "provenance_table"]

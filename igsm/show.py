@@ -18,6 +18,7 @@ Picture conventions (the legend repeats them):
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from dataclasses import dataclass
 
@@ -287,12 +288,16 @@ def draw_problem(shown: ShownProblem):
     return fig
 
 
-def save_figure(fig, out) -> None:
-    """Save to a path (format by suffix: png, svg, pdf) or a binary file object (PNG)."""
-    if hasattr(out, "write"):
-        fig.savefig(out, format="png")
-    else:
-        fig.savefig(out)
+def save_figure(fig, out):
+    """Save ``fig`` to a path (format by suffix: png, svg, pdf) or a binary file object (PNG), then
+    free it (pyplot holds every figure it made until it is closed). Returns ``out``."""
+    try:
+        fig.savefig(out, format="png" if hasattr(out, "write") else None)
+    finally:
+        pyplot = sys.modules.get("matplotlib.pyplot")  # loaded only if a figure came from pyplot
+        if pyplot is not None:
+            pyplot.close(fig)
+    return out
 
 
 __all__ = ["ShownProblem", "describe", "formula", "dependency_graph", "dependency_layout", "structure_layout",

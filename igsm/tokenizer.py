@@ -302,7 +302,7 @@ class WordTokenizer(Tokenizer):
 # with igsm so nothing is ever downloaded. Origin: whisper/assets/gpt2.tiktoken of the PyPI sdist
 # openai-whisper 20250625 (openai_whisper-20250625.tar.gz). 835,554 bytes, 50,256 ranks; the
 # sha256 is the one tiktoken itself expects for r50k_base.
-GPT2_RANKS_FILE = Path(__file__).parent / "data" / "gpt2.tiktoken"
+GPT2_RANKS_FILE = Path(__file__).parent / "assets" / "gpt2.tiktoken"
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 # GPT-2's pre-tokenizer, in tiktoken's equivalent fast form (tiktoken_ext.openai_public.r50k_pat_str).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""

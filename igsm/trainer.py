@@ -10,7 +10,8 @@ and ``checkpoints/last.ckpt`` refreshed with each of them and once more when tra
 Writes are atomic. Lightning's own save (``_atomic_save``) writes through an fsspec transaction,
 which for local files writes a temp file in the system temp dir and then ``shutil.move``s it:
 atomic only when that temp dir is on the same filesystem as the logs (on clusters it rarely is,
-and a full copy of the checkpoint lands in /tmp). :class:`AtomicCheckpointIO` instead writes
+and a full copy of the checkpoint lands in /tmp). :func:`atomic_write` (used by
+:class:`AtomicCheckpointIO`, for config.yaml, run_info.json and eval.json) instead writes
 ``.<name>.tmp`` next to the target, fsyncs it and ``os.replace``s it over the target, so a
 killed run leaves either the old or the new ``last.ckpt``, never a truncated one.
 
@@ -34,9 +35,10 @@ import platform
 import sys
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import IO, Any, Optional
 
 import lightning as L
 import torch
@@ -45,26 +47,33 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from igsm.config import TrainerConfig
-from igsm.faults import hang
+
+
+@contextmanager
+def atomic_write(path: str | Path, mode: str = "w", *, fsync: bool = False) -> Iterator[IO]:
+    """Open a temp file beside ``path`` for writing; when the block ends without an error,
+    (fsync it and) rename it over ``path``, else remove it. A reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """torch.save to a temp file in the target's folder, fsync, then rename over the target."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options: Optional[Any] = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                hang("save", checkpoint.get("global_step", -1))  # tests kill the run here
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        with atomic_write(path, "wb", fsync=True) as f:
+            torch.save(checkpoint, f)
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -159,8 +168,10 @@ class RunInfoWriter(Callback):
         info = {**run_info(), "precision": str(trainer.precision), "world_size": trainer.world_size,
                 **self.extra_info}
         header = "".join(f"# {k}: {v}\n" for k, v in info.items())
-        _write_atomic(run_dir / "config.yaml", header + self.config_yaml)
-        _write_atomic(run_dir / "run_info.json", json.dumps(info, indent=2) + "\n")
+        with atomic_write(run_dir / "config.yaml") as f:
+            f.write(header + self.config_yaml)
+        with atomic_write(run_dir / "run_info.json") as f:
+            f.write(json.dumps(info, indent=2) + "\n")
         if self.run_dir is None:  # one session per process, however many fit calls
             try:
                 self.sessions = list(json.loads((run_dir / "run_time.json").read_text())["sessions"])
@@ -182,8 +193,8 @@ class RunInfoWriter(Callback):
             session["last_step"] = max(session["last_step"], trainer.global_step)
         total = round(sum(s["wall_s"] for s in self.sessions), 1)
         try:
-            _write_atomic(self.run_dir / "run_time.json",
-                          json.dumps({"wall_s": total, "sessions": self.sessions}, indent=2) + "\n")
+            with atomic_write(self.run_dir / "run_time.json") as f:
+                f.write(json.dumps({"wall_s": total, "sessions": self.sessions}, indent=2) + "\n")
         except OSError:  # the folder went away (a test's temporary folder): nothing to keep
             pass
 
@@ -380,11 +391,6 @@ def git_commit(repo: Path) -> Optional[str]:
     return None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 __all__ = ["build_trainer", "destroy_process_group", "resolve_strategy", "resolve_precision", "cpu_has_native_bf16",
-           "wants_gpu", "AtomicCheckpointIO", "RunCheckpoint", "RunInfoWriter", "run_info", "git_commit"]
+           "wants_gpu", "atomic_write", "AtomicCheckpointIO", "RunCheckpoint", "RunInfoWriter", "run_info",
+           "git_commit"]

@@ -105,7 +105,7 @@ ERROR_KINDS = (
 )
 
 _LETTERS = frozenset(string.ascii_letters)
-_NUM = {str(i): i for i in range(10_000)}  # canonical decimal numbers (no leading zeros, no sign)
+_NUM = {str(i): i for i in range(10_000)}  # decimal numbers in their one written form (no leading zeros, no sign)
 _MAX_SHOWN = 90  # characters of a sentence quoted in a message
 
 
@@ -129,6 +129,35 @@ class Report:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class Tally:
+    """Counts over graded solutions, as evaluation (eval.json), the error analysis and
+    ``igsm verify`` report them. ``add`` one :class:`Report` at a time."""
+
+    n: int = 0
+    correct: int = 0
+    answer_correct: int = 0
+    unnecessary: int = 0  # unnecessary parameters, summed over the correct solutions
+    errors: dict = field(default_factory=dict)  # error kind -> wrong solutions, in first-seen order
+    retractions: int = 0  # retry data: well-formed retractions, and the solutions holding one
+    with_retractions: int = 0
+    true_regrets: int = 0
+    false_regrets: int = 0
+
+    def add(self, report: Report) -> None:
+        self.n += 1
+        self.correct += bool(report.correct)
+        self.answer_correct += bool(report.answer_correct)
+        if report.correct:
+            self.unnecessary += len(report.unnecessary_params)
+        else:
+            self.errors[report.error] = self.errors.get(report.error, 0) + 1
+        self.retractions += report.retractions
+        self.with_retractions += report.retractions > 0
+        self.true_regrets += report.true_regrets
+        self.false_regrets += report.false_regrets
 
 
 class VerifierBug(RuntimeError):
@@ -221,10 +250,10 @@ class _Context:
             self.values[p] = v
         return v
 
-    def expected_canon(self, p: Param) -> str:
+    def expected_normal_form(self, p: Param) -> str:
         c = self.expected.get(p)
         if c is None:
-            c = _canon(_equation_tree(self.equation(p), self.leaf))
+            c = _normal_form(_equation_tree(self.equation(p), self.leaf))
             self.expected[p] = c
         return c
 
@@ -247,9 +276,11 @@ def _context(problem: Problem) -> _Context:
 
 # --------------------------------------------------------------------------------------------
 # Expression trees: a leaf is a string ("P3" a parameter, "#5" a literal); an inner node is
-# (op, [canonical strings of its children]) with + and * flattened.
+# (op, [normal forms of its children]) with + and * flattened.
 # --------------------------------------------------------------------------------------------
-def _canon(node) -> str:
+def _normal_form(node) -> str:
+    """The tree as one string with the children of + and * sorted: two computations are the same
+    exactly when their normal forms are equal (not to be confused with Canon layers, igsm.model)."""
     if type(node) is str:
         return node
     op, kids = node
@@ -260,13 +291,13 @@ def _canon(node) -> str:
 
 def _combine(op: str, a, b):
     if op == "-":
-        return ("-", [_canon(a), _canon(b)])
+        return ("-", [_normal_form(a), _normal_form(b)])
     kids = []
     for x in (a, b):
         if type(x) is tuple and x[0] == op:
             kids.extend(x[1])
         else:
-            kids.append(_canon(x))
+            kids.append(_normal_form(x))
     return (op, kids)
 
 
@@ -274,7 +305,7 @@ def _equation_tree(eq: Equation, leaf: dict):
     ins = [leaf[q] for q in eq.inputs]
     if eq.abstract:
         if eq.products:
-            prods = [_canon(("*", [ins[i], ins[i + 1]])) for i in range(0, len(ins), 2)]
+            prods = [_normal_form(("*", [ins[i], ins[i + 1]])) for i in range(0, len(ins), 2)]
             if not prods:
                 return "#0"
             return prods[0] if len(prods) == 1 else ("+", prods)
@@ -295,11 +326,11 @@ def _equation_tree(eq: Equation, leaf: dict):
 _LEAF_RE = re.compile(r"P\d+|#\d+")
 
 
-def _leaves(canon: str, ctx: _Context) -> tuple[set, list]:
-    """Parameters (as Params) and literals (sorted ints) in a canonical tree string."""
+def _leaves(form: str, ctx: _Context) -> tuple[set, list]:
+    """Parameters (as Params) and literals (sorted ints) in a normal form string."""
     params, literals = set(), []
     back = {v: p for p, v in ctx.leaf.items()}
-    for tok in _LEAF_RE.findall(canon):
+    for tok in _LEAF_RE.findall(form):
         if tok[0] == "#":
             literals.append(int(tok[1:]))
         else:
@@ -485,15 +516,15 @@ def _read_sentence(ctx: _Context, s: str, k: int, letters: dict, defined: dict) 
         return out, e
     p = out.param
     defined[p] = k
-    canon = node if type(node) is str else _canon(node)
+    form = node if type(node) is str else _normal_form(node)
     letters[out.letter] = (ctx.leaf[p], out.value)  # later sentences see the parameter itself
-    expected = ctx.expected.get(p) or ctx.expected_canon(p)
-    if canon != expected:
-        return out, _structure_error(ctx, p, out, canon, defined, k)
+    expected = ctx.expected.get(p) or ctx.expected_normal_form(p)
+    if form != expected:
+        return out, _structure_error(ctx, p, out, form, defined, k)
     return out, value_error
 
 
-def _structure_error(ctx: _Context, p: Param, out: _Sentence, canon: str, defined: dict, k: int) -> _Fail:
+def _structure_error(ctx: _Context, p: Param, out: _Sentence, form: str, defined: dict, k: int) -> _Fail:
     eq = ctx.equation(p)
     name = ctx.problem.param_name
     head = f"sentence {k + 1} computes {out.name}"
@@ -503,8 +534,8 @@ def _structure_error(ctx: _Context, p: Param, out: _Sentence, canon: str, define
         missing = list(dict.fromkeys(name(q) for q in waiting))
         what = f"input {missing[0]} is" if len(missing) == 1 else f"inputs {', '.join(missing)} are"
         return _Fail("not_ready", f"{head} before its {what} computed; {formula}", fatal=False)
-    got_params, got_literals = _leaves(canon, ctx)
-    want_params, want_literals = _leaves(ctx.expected_canon(p), ctx)
+    got_params, got_literals = _leaves(form, ctx)
+    want_params, want_literals = _leaves(ctx.expected_normal_form(p), ctx)
     if got_params != want_params:
         got = ", ".join(sorted(name(q) for q in got_params)) or "no parameter"
         return _Fail("wrong_dependencies", f"{head} from {got}; {formula}", fatal=False)
@@ -795,4 +826,4 @@ def verify_solution(problem: Problem, solution: Any, answer: Any = None) -> Repo
         return Report(False, False, "internal", message=f"The verifier failed ({msg[:300]}).")
 
 
-__all__ = ["ERROR_KINDS", "Report", "VerifierBug", "verify_solution", "verify_solution_strict"]
+__all__ = ["ERROR_KINDS", "Report", "Tally", "VerifierBug", "verify_solution", "verify_solution_strict"]

@@ -1,6 +1,6 @@
 """The world: families of 4 layer categories, each with themed groups of item names (spec 1).
 
-The world is data: a JSON file (the default ships as ``igsm/data/world.json``)::
+The world is data: a JSON file (the default ships as ``igsm/assets/world.json``)::
 
     {"families": [{"layers": [{"category": "School", "groups": {"High Schools": [...], ...}},
                               ... 4 layers ...]}, ...]}
@@ -17,10 +17,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Union
 
-DATA_DIR = Path(__file__).parent / "data"
-DEFAULT_WORLD = DATA_DIR / "world.json"
+ASSETS = Path(__file__).parent / "assets"  # the files igsm ships (package data)
+DEFAULT_WORLD = ASSETS / "world.json"
 # Worlds shipped with igsm, usable by name wherever a world file is expected.
-SHIPPED_WORLDS = {"default": DEFAULT_WORLD, "tiny": DATA_DIR / "world_tiny.json"}
+SHIPPED_WORLDS = {"default": DEFAULT_WORLD, "tiny": ASSETS / "world_tiny.json"}
 LAYERS_PER_FAMILY = 4
 MAX_WIDTH = 4  # the widest layer a problem can have; a usable group needs this many names
 # Characters that would make sentences ambiguous to split or parse.

@@ -1,7 +1,7 @@
 """Error analysis (spec 12, the paper's Result 6): the backbone's own mistakes vs its probes.
 
-The trained backbone solves problems by greedy decoding (:func:`igsm.decode.greedy_decode`); the
-verifier (:func:`igsm.verify.verify_solution`) grades every solution. Then:
+The trained backbone solves problems by greedy decoding and the verifier grades every solution
+(:func:`igsm.solve.solve`). Then:
 
 (a) **Planned redundancy.** On reask problems, for every unnecessary parameter that a *correct*
     solution computes, ask the ``nece`` probe (cut at the end of the problem, as in training)
@@ -36,14 +36,13 @@ from typing import Optional
 import torch
 
 from igsm.config import AnalysisConfig, GeneratorConfig
-from igsm.decode import greedy_decode
-from igsm.faults import decode_in_chunks
 from igsm.generator import GenerationError, generate_problem, problem_rng, world_for
 from igsm.problem import Param, Problem
-from igsm.verify import verify_solution
+from igsm.solve import solve, tally
 from probing.data import ProblemTokens, collate_pairs, query_ids, regret_ids, sentence_ids
 
 _DEFINE = re.compile(r"^Define (.+?) as [A-Za-z];")
+NEXT_TASKS = ("can_next", "nece_next")  # the probes (b) asks at the first wrong sentence
 
 
 def analysis_problems(gen_cfg: GeneratorConfig, kind: str, n: int, seed: int, reask_op: Optional[int]) -> list[Problem]:
@@ -97,9 +96,6 @@ def first_wrong_case(tokenizer, problem: Problem, solution: str, report) -> Opti
     return query_ids(tokenizer, prefix, problem.param_name(a)), truth
 
 
-_STEP_NAME = re.compile(r"^Define (.+?) as [A-Za-z];")
-
-
 def regret_cases(tokenizer, problem: Problem, solution: str, report) -> list[tuple[list[int], int]]:
     """The regret probe's inputs on one generated solution, ``(ids, mistake)``: at "Define A as"
     of each correct step (``mistake`` 0: every sentence before the first error, retractions
@@ -112,7 +108,7 @@ def regret_cases(tokenizer, problem: Problem, solution: str, report) -> list[tup
     out: list[tuple[list[int], int]] = []
     prefix = list(prompt)
     for k in range(len(sentences)):
-        m = _STEP_NAME.match(sentences[k])
+        m = _DEFINE.match(sentences[k])
         if k < end and m:
             out.append((regret_ids(tokenizer, prefix, m.group(1), k == 0), 0))
         elif k == k_err and report.error == "not_ready" and report.first_wrong_param:
@@ -157,24 +153,6 @@ def _autocast(device: torch.device, precision: Optional[str] = None):
     return torch.autocast("cpu", enabled=False)
 
 
-def _decode_fitting(backbone, tok, prompts: list[list[int]], chunk: int, max_new_tokens: int) -> tuple[list, int]:
-    """Greedy generations of ``prompts`` in batches of ``chunk``, halved when a batch runs out of
-    memory (:func:`igsm.faults.decode_in_chunks`, as evaluation does); returns (generations in
-    input order, the batch size that fitted). Longest first, as :func:`greedy_decode` orders them,
-    so without a halving the batches are the ones ``greedy_decode(..., batch_size=chunk)`` makes."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
-
-    def decode(part: list[list[int]]) -> list[list[int]]:
-        return greedy_decode(backbone, part, max_new_tokens=max_new_tokens, stop_ids=[tok.eos_id],
-                             pad_id=tok.pad_id, batch_size=len(part))
-
-    gens, fitted = decode_in_chunks(decode, [prompts[i] for i in order], chunk, on_halve=_warn_halved)
-    out: list = [None] * len(prompts)
-    for i, g in zip(order, gens):
-        out[i] = g
-    return out, fitted
-
-
 def _warn_halved(old: int, new: int) -> None:
     print(f"warning: out of memory decoding {old} analysis prompts at once; going on with {new} at a time "
           f"(results as with analysis.batch_size={new}; set it to start there)", file=sys.stderr, flush=True)
@@ -199,7 +177,7 @@ def run_analysis(module, tokenizer, gen_cfg: GeneratorConfig, cfg: AnalysisConfi
     out: dict = {"sets": {}}
     a_total = a_called = a_other_total = a_other_called = 0
     b_stats = {t: {"truth_false": 0, "probe_false": 0, "truth_true": 0, "probe_true": 0}
-               for t in ("can_next", "nece_next")}
+               for t in NEXT_TASKS}
     b_cases = b_skipped = 0
     errors: dict[str, int] = {}
     regret = {"not_ready_steps": 0, "probe_flagged_not_ready": 0, "correct_steps": 0, "probe_flagged_correct": 0}
@@ -211,21 +189,19 @@ def run_analysis(module, tokenizer, gen_cfg: GeneratorConfig, cfg: AnalysisConfi
         keep = [i for i, pr in enumerate(prompts) if len(pr) < block]
         problems, prompts = [problems[i] for i in keep], [prompts[i] for i in keep]
         with _autocast(device, precision):  # the run's precision: fp32 decoding is ~10x slower on a GPU
-            gens, chunk = _decode_fitting(backbone, tok, prompts, chunk, max_new_tokens=max(
-                1, min(cfg.max_new_tokens, block - max(map(len, prompts), default=0))))
-        n_correct = n_unnec = 0
+            attempts, chunk = solve(backbone, tok, problems, prompts, batch_size=chunk, on_halve=_warn_halved,
+                                    max_new_tokens=max(1, min(cfg.max_new_tokens,
+                                                              block - max(map(len, prompts), default=0))))
         nece_queries: list[tuple[list[int], bool]] = []  # (ids, computed by a correct solution)
         regret_queries: list[tuple[list[int], int]] = []  # (ids, 1 = a not_ready step, 0 = a correct one)
         next_queries: list[tuple[list[int], str, int]] = []  # (ids, task, truth)
-        for problem, gen in zip(problems, gens):
-            solution, answer = tok.parse_generation(gen)
-            report = verify_solution(problem, solution, answer)
+        counts = tally(attempts)
+        for attempt in attempts:
+            problem, solution, report = attempt.problem, attempt.solution, attempt.report
             names = {problem.param_name(p): p for p in problem.equations}
             if "regret" in tasks:
                 regret_queries += [c for c in regret_cases(tok, problem, solution, report) if len(c[0]) <= block]
             if report.correct:
-                n_correct += 1
-                n_unnec += len(report.unnecessary_params)
                 if kind == "reask" and "nece" in tasks:
                     tokens = ProblemTokens(tok, problem)
                     prefix = tokens.ids[: tokens.problem_end]
@@ -238,18 +214,19 @@ def run_analysis(module, tokenizer, gen_cfg: GeneratorConfig, cfg: AnalysisConfi
                     for name in computed - set(names):  # valid abstract pairs outside G
                         nece_queries.append((query_ids(tok, prefix, name), True))
                 continue
-            errors[report.error or "none"] = errors.get(report.error or "none", 0) + 1
             case = first_wrong_case(tok, problem, solution, report)
             if case is None or len(case[0]) > block:
                 b_skipped += 1
                 continue
             ids, truth = case
             b_cases += 1
-            for t in ("can_next", "nece_next"):
+            for t in NEXT_TASKS:
                 if t in tasks:
                     next_queries.append((ids, t, truth[t]))
-        out["sets"][kind] = {"n": len(problems), "correct": n_correct, "accuracy": _rate(n_correct, len(problems)),
-                             "unnecessary_per_correct": _rate(n_unnec, n_correct)}
+        for error, count in counts.errors.items():
+            errors[error or "none"] = errors.get(error or "none", 0) + count
+        out["sets"][kind] = {"n": counts.n, "correct": counts.correct, "accuracy": _rate(counts.correct, counts.n),
+                             "unnecessary_per_correct": _rate(counts.unnecessary, counts.correct)}
         preds = prober("nece", [ids for ids, _ in nece_queries])
         for (_, computed), pred in zip(nece_queries, preds):
             if computed:
@@ -262,7 +239,7 @@ def run_analysis(module, tokenizer, gen_cfg: GeneratorConfig, cfg: AnalysisConfi
             key = "not_ready" if mistake else "correct"
             regret[f"{key}_steps"] += 1
             regret[f"probe_flagged_{key}"] += int(pred == 1)
-        for t in ("can_next", "nece_next"):
+        for t in NEXT_TASKS:
             qs = [(ids, truth) for ids, task, truth in next_queries if task == t]
             for (_, truth), pred in zip(qs, prober(t, [ids for ids, _ in qs])):
                 key = "false" if truth == 0 else "true"
@@ -300,7 +277,7 @@ def analysis_scalars(result: dict) -> dict[str, float]:
     u = result["unnecessary"]
     s["analysis/unnecessary/probe_said_necessary"] = u["rate_probe_said_necessary"]
     s["analysis/unnecessary/other_probe_said_necessary"] = u["other_rate_probe_said_necessary"]
-    for t in ("can_next", "nece_next"):
+    for t in NEXT_TASKS:
         f = result["first_wrong"][t]
         s[f"analysis/first_wrong/{t}_false/probe_also_false"] = f["rate_probe_also_false"]
     if "regret" in result:

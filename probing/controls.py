@@ -111,9 +111,8 @@ def solved_flags(backbone: GPT, tokenizer, gen_cfg: GeneratorConfig, *, split: s
 
     None where the problem could not be generated or its prompt does not fit the model.
     """
-    from igsm.decode import greedy_decode
     from igsm.generator import GenerationError
-    from igsm.verify import verify_solution
+    from igsm.solve import solve
 
     problems, prompts, where = [], [], []
     out: list[Optional[bool]] = [None] * n
@@ -130,14 +129,11 @@ def solved_flags(backbone: GPT, tokenizer, gen_cfg: GeneratorConfig, *, split: s
     if not problems:
         return out
     device = next(backbone.parameters()).device
-    budget = block - max(map(len, prompts))
     with _autocast(device, bf16):
-        gens = greedy_decode(backbone, prompts, max_new_tokens=budget, stop_ids=[tokenizer.eos_id],
-                             pad_id=tokenizer.pad_id, batch_size=batch_size,
-                             fresh_letters=tokenizer.letter_slot_ids() if fresh_letters else None)
-    for i, problem, gen in zip(where, problems, gens):
-        solution, answer = tokenizer.parse_generation(gen)
-        out[i] = bool(verify_solution(problem, solution, answer).correct)
+        attempts, _ = solve(backbone, tokenizer, problems, prompts, max_new_tokens=block - max(map(len, prompts)),
+                            batch_size=batch_size, fresh_letters=fresh_letters)
+    for i, attempt in zip(where, attempts):
+        out[i] = bool(attempt.report.correct)
     return out
 
 

@@ -38,7 +38,6 @@ positive and on negative pairs (0.5 for any constant answer).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
@@ -55,7 +54,6 @@ from igsm.config import ModelConfig
 from igsm.model import GPT
 from probing.labels import MAX_DISTANCE, NUM_CLASSES, TASKS, check_task
 
-BACKBONES = ("trained", "random_init", "positive")  # positive: per task, a fine-tuned copy (probing.controls)
 CONTROLS = {"none": ("trained",), "random_init": ("random_init",), "both": ("trained", "random_init")}
 # column groups of the accuracy metric: all pairs, label 0, label 1, nece positives at distance t
 G_ALL, G_NEG, G_POS, G_DIST = 0, 1, 2, 3
@@ -524,8 +522,7 @@ class VProbe(pl.LightningModule):
             results["tasks"][task] = entry
         for k, v in scalars.items():  # already summed over ranks: sync_dist only averages equal values
             self.log(k, v, sync_dist=True, add_dataloader_idx=False)
-        self.results = results
-        self._log_distance_table()
+        self.results = results  # probe.py draws the nece-by-distance grid (igsm.report.nece_by_distance_figure)
 
     def _solved_entry(self, task: str, scalars: dict[str, float]) -> Optional[dict]:
         """``{"solved": {...}, "unsolved": {...}}``: per group the pairs and every backbone's and the
@@ -551,76 +548,9 @@ class VProbe(pl.LightningModule):
             out[group] = sub
         return out
 
-    def _log_distance_table(self) -> None:
-        """Paper Result 8: nece accuracy per layer and distance, as a text table and a heatmap."""
-        nece = self.results["tasks"].get("nece", {}).get("trained", {}).get("by_distance")
-        if nece is None or self.logger is None or not self.trainer.is_global_zero:
-            return
-        writer = getattr(self.logger, "experiment", None)
-        if writer is None or not hasattr(writer, "add_text"):
-            return
-        text = distance_table_markdown(nece)
-        writer.add_text("probe/nece/by_distance", text, global_step=0)
-        image = heatmap(nece["acc"])  # [H, W, 3] uint8
-        writer.add_image("probe/nece/by_distance", image, global_step=0, dataformats="HWC")
-
-
-# --------------------------------------------------------------------------------------------
-# Presenting the nece-by-distance grid
-# --------------------------------------------------------------------------------------------
-
-def distance_table_markdown(grid: dict) -> str:
-    """Rows = layers, columns = distance t to the question; cells = accuracy % (n pairs in the header)."""
-    ds, n = grid["distances"], grid["n"]
-    head = "| layer | " + " | ".join(f"t={t} (n={k})" for t, k in zip(ds, n)) + " |"
-    sep = "|---" * (len(ds) + 1) + "|"
-    rows = []
-    for l, accs in zip(grid["layers"], grid["acc"]):
-        cells = ["-" if a is None else f"{100 * a:.1f}" for a in accs]
-        rows.append(f"| {l} | " + " | ".join(cells) + " |")
-    return "\n".join([head, sep, *rows])
-
-
-def heatmap(acc: list[list[Optional[float]]], cell: int = 24) -> Any:
-    """A numpy RGB image [H, W, 3] of the grid (rows = layers, bottom = last): white (0%) to
-    dark blue (100%), grey where there are no pairs. No plotting library needed."""
-    import numpy as np
-
-    grid = np.array([[np.nan if a is None else a for a in row] for row in acc], dtype=float)[::-1]  # deepest on top
-    rows, cols = grid.shape
-    img = np.full((rows * cell, cols * cell, 3), 160, dtype=np.uint8)
-    lo, hi = np.array([255, 255, 255], float), np.array([8, 48, 107], float)
-    for r in range(rows):
-        for c in range(cols):
-            v = grid[r, c]
-            if not math.isnan(v):
-                img[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell] = (lo + (hi - lo) * v).astype(np.uint8)
-    img[::cell, :] = 255  # grid lines
-    img[:, ::cell] = 255
-    return img
-
-
-def write_png(path: str | Path, image) -> None:
-    """Save an [H, W, 3] uint8 array as a PNG with zlib only."""
-    import struct
-    import zlib
-
-    import numpy as np
-
-    img = np.ascontiguousarray(image, dtype=np.uint8)
-    h, w, _ = img.shape
-    raw = b"".join(b"\x00" + img[r].tobytes() for r in range(h))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) \
-        + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
-    Path(path).write_bytes(png)
-
 
 __all__ = [
     "VProbe", "TaskProbe", "Backbone", "load_backbone", "random_backbone", "freeze", "expected_trainable",
-    "GroupedAccuracy", "ClassCounts", "balanced_accuracy", "distance_table_markdown", "heatmap", "write_png",
-    "BACKBONES", "CONTROLS", "SOLVED_GROUPS",
+    "GroupedAccuracy", "ClassCounts", "balanced_accuracy", "CONTROLS",
+    "SOLVED_GROUPS",
 ]

@@ -22,8 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from igsm.config import AnalysisConfig  # noqa: E402
 from igsm.data import generator_config  # noqa: E402
-from igsm.decode import greedy_decode  # noqa: E402
-from igsm.verify import verify_solution  # noqa: E402
+from igsm.solve import solve  # noqa: E402
 from probing.analysis import analysis_problems, regret_cases  # noqa: E402
 from probing.vprobe import VProbe, load_backbone  # noqa: E402
 
@@ -49,12 +48,10 @@ def main() -> None:
     for kind in ("reask", "test"):
         problems = analysis_problems(gen_cfg, kind, args.n or analysis.n, checkpoint["probe_config"]["seed"],
                                      analysis.reask_op)
-        prompts = [tok.encode_prompt(q.problem_text) for q in problems]
-        gens = greedy_decode(model, prompts, max_new_tokens=analysis.max_new_tokens, stop_ids=[tok.eos_id],
-                             pad_id=tok.pad_id, batch_size=analysis.batch_size)  # the analysis's batches
-        for problem, gen in zip(problems, gens):
-            solution, answer = tok.parse_generation(gen)
-            for ids, mistake in regret_cases(tok, problem, solution, verify_solution(problem, solution, answer)):
+        attempts, _ = solve(model, tok, problems, max_new_tokens=analysis.max_new_tokens,
+                            batch_size=analysis.batch_size)  # the analysis's batches
+        for attempt in attempts:
+            for ids, mistake in regret_cases(tok, attempt.problem, attempt.solution, attempt.report):
                 x = torch.tensor([ids])  # [1, T]
                 with torch.no_grad():
                     said = int(module.predict("regret", x, torch.tensor([len(ids) - 1]), backbone="trained"))

@@ -1,4 +1,5 @@
-"""Shared fixtures. Tests run on CPU in seconds; GPU tests skip without CUDA."""
+"""Shared fixtures and helpers (``from conftest import tiny_gpt, draw_problems``). Tests run on CPU in
+seconds; GPU tests skip without CUDA."""
 
 import os
 import sys
@@ -38,6 +39,30 @@ def tiny_train_run(tmp_path_factory) -> tuple[Path, Path]:
     ckpt = root / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
     return root, ckpt
+
+
+def tiny_gpt(tok, *, seed: int = 0, n_embd: int = 32, dropout: float = 0.0):
+    """A small random GPT for the tokenizer ``tok`` (2 layers, 2 heads, block 512), its init seeded."""
+    import torch
+
+    from igsm.config import ModelConfig
+    from igsm.model import GPT
+
+    torch.manual_seed(seed)
+    return GPT(ModelConfig(n_layer=2, n_head=2, n_embd=n_embd, block_size=512, dropout=dropout), tok.vocab_size)
+
+
+def draw_problems(cfg, n: int, *stream, start: int = 0, **overrides) -> list:
+    """Problems ``start .. start + n - 1`` of ``cfg`` (a GeneratorConfig, or a preset name), with
+    ``overrides`` of its fields; problem ``i`` is drawn with ``problem_rng(*stream, i)``, so the same
+    arguments give the same problems in every test and process."""
+    from dataclasses import replace
+
+    from igsm.config import generator_preset
+    from igsm.generator import generate_problem, problem_rng
+
+    cfg = generator_preset(cfg, **overrides) if isinstance(cfg, str) else replace(cfg, **overrides)
+    return [generate_problem(cfg, problem_rng(*stream, i)) for i in range(start, start + n)]
 
 
 try:  # one intra-op thread: tests are tiny, and extra threads only fight the other test processes

@@ -1,6 +1,6 @@
 """Faults (docs/faults.md): SIGKILL at any moment, SIGTERM/SIGINT, damaged checkpoints, non-finite
 steps, out of memory in evaluation. Runs that get killed are subprocesses; the moment of each kill
-is a test hook (igsm.faults.hang) that the test waits for by polling a marker file."""
+is a test hook (tests/hang_run.py) that the test waits for by polling a marker file."""
 
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ import torch
 
 import probe
 import train
+from hang_run import HANG_ENV, HANG_MARKER_ENV
 from igsm.cli_config import config_to_dict, load_config
 from igsm.config import TrainConfig
 from igsm.data import IGSMDataModule
-from igsm.faults import HANG_ENV, HANG_MARKER_ENV, read_checkpoint
+from igsm.faults import read_checkpoint
 from igsm.lit import GPTLitModule
 from test_train import FAST
 
@@ -72,10 +73,11 @@ def kill_leftovers():
 
 def start(repo_root: Path, args: list[str], env: dict, hang: str, marker: Path,
           script: str = "train.py") -> subprocess.Popen:
-    """train.py (or ``script``) in its own process group, waiting at ``hang``; stderr goes to ``<marker>.err``."""
+    """train.py (or ``script``) in its own process group, with the test hooks of tests/hang_run.py, waiting at
+    ``hang``; stderr goes to ``<marker>.err``."""
     env = dict(env, **{HANG_ENV: hang, HANG_MARKER_ENV: str(marker)})
     with open(f"{marker}.err", "w") as err:
-        proc = subprocess.Popen([sys.executable, str(repo_root / script), *args], env=env,
+        proc = subprocess.Popen([sys.executable, str(repo_root / "tests" / "hang_run.py"), script, *args], env=env,
                                 start_new_session=True, stdout=subprocess.DEVNULL, stderr=err)
     STARTED.append(proc)
     return proc
@@ -313,18 +315,19 @@ def analyse(monkeypatch, batch_size: int, fits: int | None) -> tuple[dict, list[
     more than that many prompts at once raises torch.OutOfMemoryError."""
     from types import SimpleNamespace
 
+    import igsm.decode
     import probing.analysis as analysis
     from igsm.config import AnalysisConfig, ModelConfig, build_data_tokenizer, generator_config
     from igsm.model import GPT
 
-    real, sizes = analysis.greedy_decode, []
+    real, sizes = igsm.decode.greedy_decode, []
 
     def decode(model, prompts, **kw):
         sizes.append(len(prompts))
         if fits is not None and len(prompts) > fits:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated by the test)")
         return real(model, prompts, **kw)
-    monkeypatch.setattr(analysis, "greedy_decode", decode)
+    monkeypatch.setattr(igsm.decode, "greedy_decode", decode)  # what igsm.solve decodes with
     data = load_config(TrainConfig, []).data
     tok = build_data_tokenizer(data)
     torch.manual_seed(0)

@@ -25,6 +25,7 @@ from igsm.config import ConfigError, ModelConfig, ProbeConfig, TrainConfig
 from igsm.decode import STOP_CHECK_EVERY, greedy_decode
 from igsm.lit import EvalScores, uniform_letter_loss
 from igsm.model import GPT
+from igsm.verify import Tally
 from probing.vprobe import ClassCounts, GroupedAccuracy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def test_metric_updates_use_no_integer_matmul() -> None:
     with OpLog() as log:
         metric.update(preds, label, dist)
         counts.update(label)
-        scores.update(4, 3, 2, 1, [])
+        scores.update(Tally(n=4, correct=3, answer_correct=2, unnecessary=1))
     integer_matmuls = [(n, d) for n, d, _ in log.calls
                        if n in MATMULS and any(not t.is_floating_point and not t.is_complex for t in d)]
     assert integer_matmuls == []
@@ -231,6 +232,7 @@ def test_last_row_logits_are_float32_under_bf16_autocast() -> None:
 # -- 8. the error analysis decodes in the run's precision ------------------------------------------
 
 def test_analysis_decodes_under_the_runs_autocast(monkeypatch) -> None:
+    import igsm.decode
     import probing.analysis as analysis
     from igsm.config import AnalysisConfig, build_data_tokenizer, generator_config
 
@@ -240,7 +242,7 @@ def test_analysis_decodes_under_the_runs_autocast(monkeypatch) -> None:
         seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
         return [[] for _ in prompts]
 
-    monkeypatch.setattr(analysis, "greedy_decode", fake_decode)
+    monkeypatch.setattr(igsm.decode, "greedy_decode", fake_decode)  # what igsm.solve decodes with
     data = load_config(TrainConfig, []).data
     tok = build_data_tokenizer(data)
     backbone = GPT(ModelConfig(n_layer=1, n_head=2, block_size=512), tok.vocab_size)

@@ -6,18 +6,18 @@ Tests that need the extra [hf] skip without it; the "which extra" messages are t
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import probe
+from conftest import draw_problems
 from igsm import cli
-from igsm.config import ModelConfig, generator_preset
+from igsm.config import ModelConfig
 from igsm.decode import greedy_decode
-from igsm.generator import generate_problem, problem_rng
 from igsm.model import GPT
 from igsm.tokenizer import build_tokenizer
+from igsm.world import SHIPPED_WORLDS
 
 PROBE_FAST = ["trainer.max_steps=2", "probe.test_problems=4", "probe.batch_size=6", "probe.draws=3",
               "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "probe.tasks=[nece]",
@@ -37,13 +37,8 @@ def _offline(monkeypatch):
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
-def _problems(preset: str, n: int, seed: int = 0):
-    cfg = generator_preset(preset)
-    return [generate_problem(cfg, problem_rng(seed, "test", i)) for i in range(n)]
-
-
 def _tokenizer(name: str):
-    return build_tokenizer(name, Path(cli.__file__).parent / "data" / "world_tiny.json" if name == "word" else None)
+    return build_tokenizer(name, SHIPPED_WORLDS["tiny"] if name == "word" else None)
 
 
 @pytest.fixture(scope="module", params=["word", "gpt2"])
@@ -72,7 +67,7 @@ def test_export_folder_loads_offline_and_logits_match(exported):
             "tokenizer_config.json", "igsm.json", "README.md"} <= {p.name for p in folder.iterdir()}
     hf_model, _ = _hf_load(folder)
     assert type(hf_model).__name__ == "GPTNeoXForCausalLM"
-    seqs = [tok.encode_example(p.problem_text, p.solution, p.answer) for p in _problems("med", 3)]
+    seqs = [tok.encode_example(p.problem_text, p.solution, p.answer) for p in draw_problems("med", 3, 0, "test")]
     T = min(len(s) for s in seqs)
     idx = torch.tensor([s[:T] for s in seqs])  # [3, T] real problems
     with torch.no_grad():
@@ -120,7 +115,7 @@ def test_a_canon_model_is_not_exported_one_line(tmp_path):
 def test_generate_reproduces_greedy_decode(exported):
     model, tok, folder = exported
     hf_model, _ = _hf_load(folder)
-    prompts = [tok.encode_prompt(p.problem_text) for p in _problems("med", 3, seed=1)]
+    prompts = [tok.encode_prompt(p.problem_text) for p in draw_problems("med", 3, 1, "test")]
     ours = greedy_decode(model, prompts, max_new_tokens=20, stop_ids=[tok.eos_id], pad_id=tok.pad_id)
     P = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), P), tok.pad_id)  # [B, P], left-padded as transformers expects
@@ -156,7 +151,7 @@ def test_fresh_letters_processor_masks_letters_defined_in_the_generation():
 def test_tokenizer_encodes_and_decodes_problems_identically(exported):
     _, tok, folder = exported
     _, hf_tok = _hf_load(folder)
-    problems = _problems("med", 8, seed=2) + _problems("tiny", 4, seed=3)
+    problems = draw_problems("med", 8, 2, "test") + draw_problems("tiny", 4, 3, "test")
     for p in problems:
         ids = tok.encode_example(p.problem_text, p.solution, p.answer)
         assert hf_tok.decode(ids) == tok.decode(ids)  # specials (and GPT-2's marker bytes) included
@@ -283,7 +278,7 @@ def test_export_command_then_probe_the_folder(train_ckpt, tmp_path, capsys):
     back = hf.load_pretrained(out).model
     assert all(torch.equal(t, back.state_dict()[k]) for k, t in lit.model.state_dict().items())
     hf_model, hf_tok = _hf_load(out)
-    p = _problems("tiny", 1)[0]
+    p = draw_problems("tiny", 1, 0, "test")[0]
     text = lit.tokenizer.decode(lit.tokenizer.encode_example(p.problem_text, p.solution, p.answer))
     idx = torch.tensor([hf_tok(text)["input_ids"]])
     with torch.no_grad():

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import probe
-from igsm.config import ModelConfig, generator_preset
+from conftest import tiny_gpt
+from igsm.config import generator_preset
 from igsm.generator import world_for
-from igsm.model import GPT
 from igsm.tokenizer import build_tokenizer
 from probing.controls import FineTuned, finetune_positive, last_end_index, solved_flags
 from probing.data import HELDOUT_STREAM, ProbeDataModule, ProbeDataset, collate_pairs, probe_problem
@@ -22,11 +22,6 @@ GEN = generator_preset("tiny")
 @pytest.fixture(scope="module")
 def tok():
     return build_tokenizer("word", world_for(GEN))
-
-
-def tiny_gpt(tok, seed=0, n_embd=32):
-    torch.manual_seed(seed)
-    return GPT(ModelConfig(n_layer=2, n_head=2, n_embd=n_embd, block_size=512), tok.vocab_size)
 
 
 def run(module, dm, steps):

@@ -6,8 +6,7 @@ import random
 import networkx as nx
 import pytest
 
-from igsm.config import generator_preset
-from igsm.generator import generate_problem, problem_rng
+from conftest import draw_problems
 from igsm.tokenizer import build_tokenizer
 from probing.data import ProblemTokens, name_ids, problem_pairs, query_ids
 from probing.labels import NUM_CLASSES, TASKS, UNKNOWN_VALUE, ProblemLabels, draw_queries, graph_params, n_positions
@@ -20,8 +19,7 @@ def problems(preset, fmt, reask, n, seed=0):
     overrides = {"fmt": fmt, "split": "any", "reask": reask}
     if reask:
         overrides["op"] = {"tiny": 4, "med": 12, "hard": 16}[preset]
-    cfg = generator_preset(preset, **overrides)
-    return [generate_problem(cfg, problem_rng(seed, "test_probe_labels", preset, fmt, reask, i)) for i in range(n)]
+    return draw_problems(preset, n, seed, "test_probe_labels", preset, fmt, reask, **overrides)
 
 
 def brute_force(problem):

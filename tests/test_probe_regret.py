@@ -7,6 +7,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from conftest import draw_problems
 from igsm.config import ConfigError, ModelConfig, ProbeConfig, generator_preset, validate_probe
 from igsm.generator import generate_problem, problem_rng, world_for
 from igsm.model import GPT
@@ -19,10 +20,6 @@ from probing.labels import ALL_TASKS, NUM_CLASSES, TASKS, ProblemLabels, draw_qu
 from probing.vprobe import VProbe
 
 GEN = generator_preset("small_cpu", split="any")
-
-
-def problems(n, cfg=GEN):
-    return [generate_problem(cfg, problem_rng(5, "regret", i)) for i in range(n)]
 
 
 def test_regret_is_a_task_on_request_only():
@@ -38,7 +35,7 @@ def test_regret_is_a_task_on_request_only():
 
 def test_regret_labels_and_balance():
     n = [0, 0]
-    for p in problems(150):
+    for p in draw_problems(GEN, 150, 5, "regret"):
         lab = ProblemLabels(p)
         known = set()
         for j, step in enumerate(p.solution_order):
@@ -113,7 +110,7 @@ def test_regret_input_ends_with_define_a_as(tok_name):
     tok = build_tokenizer(tok_name, world_for(GEN) if tok_name == "word" else None)
     as_id = tok.encode(" as")[0]
     seen_next = 0
-    for i, p in enumerate(problems(40)):
+    for i, p in enumerate(draw_problems(GEN, 40, 5, "regret")):
         t = ProblemTokens(tok, p)
         for r in problem_pairs(tok, p, "regret", problem_rng(0, "pairs", i), 10):
             ids, j, a = r["ids"], r["position"], r["a"]
@@ -161,7 +158,7 @@ def test_regret_cases_on_generated_solutions():
     tok = build_tokenizer("word", world_for(GEN))
     as_id = tok.encode(" as")[0]
     checked = 0
-    for p in problems(80):
+    for p in draw_problems(GEN, 80, 5, "regret"):
         if len(p.solution_order) < 2:
             continue
         # a correct solution: every step is a correct step, none flagged as a mistake

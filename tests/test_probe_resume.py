@@ -1,7 +1,7 @@
 """probe.py survives faults as train.py does (docs/faults.md): checkpoints every
 trainer.checkpoint_every steps and on SIGTERM / SIGINT, ``ckpt_path=last`` resumes to the same
 probe.json, TensorBoard curves and probe weights (bit-identical on CPU), damaged probe checkpoints
-end with one line. Killed runs are subprocesses stopped at a test hook (igsm.faults.hang)."""
+end with one line. Killed runs are subprocesses stopped at a test hook (tests/hang_run.py)."""
 
 from __future__ import annotations
 

@@ -5,21 +5,13 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from igsm.config import ModelConfig, generator_preset
+from conftest import tiny_gpt
+from igsm.config import generator_preset
 from igsm.generator import world_for
-from igsm.model import GPT
 from igsm.tokenizer import build_tokenizer
 from probing.data import ProbeDataModule, ProbeDataset, collate_pairs
 from probing.labels import NUM_CLASSES, TASKS
-from probing.vprobe import (
-    GroupedAccuracy,
-    VProbe,
-    distance_table_markdown,
-    expected_trainable,
-    heatmap,
-    random_backbone,
-    write_png,
-)
+from probing.vprobe import GroupedAccuracy, VProbe, expected_trainable, random_backbone
 
 GEN = generator_preset("tiny")
 
@@ -27,11 +19,6 @@ GEN = generator_preset("tiny")
 @pytest.fixture(scope="module")
 def tok():
     return build_tokenizer("word", world_for(GEN))
-
-
-def tiny_gpt(tok, dropout=0.0, seed=0):
-    torch.manual_seed(seed)
-    return GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=512, dropout=dropout), tok.vocab_size)
 
 
 def fit(module, tok, steps=3, tasks=TASKS, callbacks=(), test=False):
@@ -201,18 +188,6 @@ def test_dataset_is_deterministic_and_padded(tok):
     assert all(probe_problem(GEN, 1, "train", i).bucket() < GEN.split_boundary for i in range(3))
     assert all(probe_problem(GEN, 1, "test", i).bucket() >= GEN.split_boundary for i in range(3))
     assert len(train) == 3
-
-
-def test_heatmap_and_table(tmp_path):
-    acc = [[0.5, None, 1.0], [0.0, 0.25, 0.75]]
-    img = heatmap(acc, cell=4)
-    assert img.shape == (8, 12, 3) and img.dtype.name == "uint8"
-    path = tmp_path / "x.png"
-    write_png(path, img)
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" in data[-12:]
-    text = distance_table_markdown({"layers": [1, 2], "distances": [1, 2, 3], "acc": acc, "n": [3, 1, 0]})
-    assert text.count("\n") == 3 and "t=2 (n=1)" in text
 
 
 def test_length_chunks_give_the_same_logits(tok):

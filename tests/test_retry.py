@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
+from conftest import draw_problems
 from igsm.config import GENERATOR_PRESETS, ConfigError, generator_preset
-from igsm.generator import generate
 from igsm.parse import verify_text
 from igsm.problem import ABS, INST, RETRACTION, Param, Problem
 from igsm.retry import retry_candidates
@@ -16,20 +16,15 @@ from igsm.verify import ERROR_KINDS, verify_solution, verify_solution_strict
 from igsm.world import load_world
 
 
-def _problems(n=120, preset="small_cpu", **kw):
-    cfg = generator_preset(preset, **kw)
-    return [generate(cfg, 3, i) for i in range(n)]
-
-
 @pytest.mark.parametrize("kind", ["retry", "retry_weak"])
 def test_retries_leave_the_problem_alone(kind):
-    plain = _problems(60)
-    retry = _problems(60, retry_rate=0.5, retry_kind=kind)
+    plain = draw_problems("small_cpu", 60, 3, "train")
+    retry = draw_problems("small_cpu", 60, 3, "train", retry_rate=0.5, retry_kind=kind)
     assert sum(len(p.retries) for p in retry) > 20
     for a, b in zip(plain, retry):
         assert a.problem_text == b.problem_text and a.solution == b.clean_solution
         assert a.template_hash == b.template_hash and a.solution_sentences == b.solution_sentences
-    again = _problems(60, retry_rate=0.5, retry_kind=kind)
+    again = draw_problems("small_cpu", 60, 3, "train", retry_rate=0.5, retry_kind=kind)
     assert [p.solution for p in again] == [p.solution for p in retry]  # deterministic per (seed, index)
 
 
@@ -58,7 +53,7 @@ def test_retry_candidates_equal_an_independent_enumeration(preset):
     """``retry`` draws from every parameter of the structure (abstract ones outside the dependency
     graph included) that is neither computed nor computable at that point, as Part 2.2 does."""
     outside = 0
-    for p in _problems(40, preset):
+    for p in draw_problems(preset, 40, 3, "train"):
         by_hand = _structure_inputs_by_hand(p)
         for q, eq in p.equations.items():
             assert set(eq.inputs) == by_hand[q]  # the graph's abstract parameters agree with the structure
@@ -76,7 +71,7 @@ def test_retry_candidates_equal_an_independent_enumeration(preset):
 @pytest.mark.parametrize("kind,weak_from", [("retry", "next"), ("retry_weak", "next"), ("retry_weak", "later")])
 def test_retries_follow_the_rule(kind, weak_from):
     next_step = 0
-    for p in _problems(150, retry_rate=0.5, retry_kind=kind, retry_weak_from=weak_from):
+    for p in draw_problems("small_cpu", 150, 3, "train", retry_rate=0.5, retry_kind=kind, retry_weak_from=weak_from):
         seen: dict = {}
         by_hand = _structure_inputs_by_hand(p)
         for k, a in p.retries:
@@ -98,7 +93,7 @@ def test_retries_follow_the_rule(kind, weak_from):
 def test_retractions_include_parameters_outside_the_graph():
     """Abstract parameters no statement or question uses are among the retracted ones (they were
     missing before: the draw only knew the dependency graph)."""
-    retries = [(p, a) for p in _problems(200, "med", retry_rate=0.3) for _, a in p.retries]
+    retries = [(p, a) for p in draw_problems("med", 200, 3, "train", retry_rate=0.3) for _, a in p.retries]
     outside = [a for p, a in retries if a not in p.equations]
     assert len(retries) > 300 and len(outside) > 0.2 * len(retries)
     assert all(a.kind == ABS for a in outside)  # every instance parameter is stated, so in the graph
@@ -109,7 +104,7 @@ def test_unused_parameter_retraction_is_graded_by_readiness():
     true regret when some input was not computed yet, a false one when it was ready."""
     seen = {True: 0, False: 0}
     world = load_world(generator_preset("med").world)
-    for p in _problems(150, "med"):
+    for p in draw_problems("med", 150, 3, "train"):
         by_hand = _structure_inputs_by_hand(p)
         for a, ins in by_hand.items():
             if a in p.equations:
@@ -126,7 +121,7 @@ def test_unused_parameter_retraction_is_graded_by_readiness():
 
 
 def test_retry_rate_is_geometric_per_step():
-    ps = _problems(400, preset="med", retry_rate=0.2)
+    ps = draw_problems("med", 400, 3, "train", retry_rate=0.2)
     steps = sum(len(p.solution_order) for p in ps)
     mean = sum(len(p.retries) for p in ps) / steps
     assert 0.17 < mean < 0.30  # 0.2 / 0.8 = 0.25 when candidates never run out
@@ -139,7 +134,7 @@ def test_retry_rate_is_geometric_per_step():
 def test_retry_streams_verify(preset, kind, weak_from, rate):
     world = load_world(generator_preset(preset).world)
     total = false_regrets = 0
-    for p in _problems(150, preset, retry_rate=rate, retry_kind=kind, retry_weak_from=weak_from):
+    for p in draw_problems(preset, 150, 3, "train", retry_rate=rate, retry_kind=kind, retry_weak_from=weak_from):
         r = verify_solution_strict(p, p.solution, p.answer)
         assert r.correct, (p.solution, r)
         assert r.retractions == len(p.retries) == r.true_regrets + r.false_regrets
@@ -157,7 +152,7 @@ def test_retry_streams_verify(preset, kind, weak_from, rate):
 
 
 def test_bad_retractions_are_reported_not_accepted():
-    p = next(p for p in _problems(200) if len(p.solution_order) >= 2)
+    p = next(p for p in draw_problems("small_cpu", 200, 3, "train") if len(p.solution_order) >= 2)
     s = p.solution_sentences
     name = p.param_name
     q0 = name(p.solution_order[0])
@@ -177,7 +172,7 @@ def test_bad_retractions_are_reported_not_accepted():
 
 
 def test_false_regret_is_counted_and_accepted():
-    p = _problems(1)[0]
+    p = draw_problems("small_cpu", 1, 3, "train")[0]
     first = p.solution_order[0]  # the first step is always ready (a constant)
     text = f"Define {p.param_name(first)} as {RETRACTION}. " + p.clean_solution
     r = verify_solution_strict(p, text, p.answer)
@@ -192,7 +187,7 @@ def test_false_regret_is_counted_and_accepted():
 def test_retraction_word_is_one_token(name, world):
     tok = build_tokenizer(name, world)
     assert len(tok.encode(" " + RETRACTION)) == 1
-    p = _problems(40, retry_rate=0.5)
+    p = draw_problems("small_cpu", 40, 3, "train", retry_rate=0.5)
     text = next(x.solution for x in p if x.retries)
     assert tok.decode(tok.encode(text)) == text
     as_id = tok.encode(" as")[0]
@@ -236,7 +231,7 @@ def test_retry_loss_mask_covers_exactly_the_wrong_steps(name):
 
     cfg = generator_preset("small_cpu", retry_rate=0.4)
     tok = build_tokenizer(name, load_world("tiny") if name == "word" else None)
-    p = next(x for x in _problems(40, retry_rate=0.4) if len(x.retries) >= 2)
+    p = next(x for x in draw_problems("small_cpu", 40, 3, "train", retry_rate=0.4) if len(x.retries) >= 2)
     ids, first = training_example(tok, p, "solution")
     masked = retraction_targets(tok, p)
     wrong = [s for s, w in p.solution_parts() if w]
@@ -282,10 +277,11 @@ def test_train_config_retry_keys_and_presets():
 def test_eval_json_counts_retractions():
     from igsm.config import parse_bucket
     from igsm.lit import EvalScores, bucket_entry
+    from igsm.verify import Tally
 
     m = EvalScores()
-    m.update(4, 2, 3, 0, ["not_ready", "bad_retraction"],
-             {"retractions": 3, "with_retractions": 2, "true_regrets": 2, "false_regrets": 1})
+    m.update(Tally(n=4, correct=2, answer_correct=3, unnecessary=0, errors={"not_ready": 1, "bad_retraction": 1},
+                   retractions=3, with_retractions=2, true_regrets=2, false_regrets=1))
     e = bucket_entry(parse_bucket("<=4"), m.compute(), 5)
     assert e["retractions_per_problem"] == 0.75 and e["solutions_with_retractions"] == 2
     assert (e["true_regrets"], e["false_regrets"]) == (2, 1) and e["errors"]["bad_retraction"] == 1
@@ -340,7 +336,7 @@ def test_verifier_never_raises_on_stray_back():
     import random
 
     rng = random.Random(0)
-    for p in _problems(60, retry_rate=0.3):
+    for p in draw_problems("small_cpu", 60, 3, "train", retry_rate=0.3):
         words = p.solution.split(" ")
         for _ in range(8):
             w = list(words)

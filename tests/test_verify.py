@@ -14,7 +14,8 @@ import sys
 
 import pytest
 
-from igsm import ABS, INST, Param, Problem, generate_problem, generator_preset
+from conftest import draw_problems
+from igsm import ABS, INST, Param, Problem, generator_preset
 from igsm.graph import abstract_equation
 from igsm.render import _SolutionWriter
 from igsm.verify import ERROR_KINDS, Report, VerifierBug, verify_solution, verify_solution_strict
@@ -43,8 +44,7 @@ def _cfg(name: str):
 
 
 def problems(name: str, n: int, start: int = 0) -> list[Problem]:
-    cfg = _cfg(name)
-    return [generate_problem(cfg, random.Random(f"verify:{name}:{s}")) for s in range(start, start + n)]
+    return draw_problems(_cfg(name), n, "verify", name, start=start)
 
 
 def sentences(sol: str) -> list[str]:
