@@ -501,8 +501,8 @@ def model_card(model: GPT, tokenizer: Tokenizer, source: Optional[str] = None) -
         kind = (f"rotary embeddings on {cfg.rotary_dim} of {cfg.head_dim} dims per head and Canon layers "
                 f"{cfg.canon} (kernel {cfg.canon_kernel}), ")
         load = ("Load it with `AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True, "
-                "local_files_only=True)`: the modeling code is `modeling_igsm.py` in this folder (torch and "
-                "transformers only).\n\n")
+                "local_files_only=True)` (and `AutoTokenizer` with the same flags): the modeling code is "
+                "`modeling_igsm.py` in this folder (torch and transformers only).\n\n")
     else:
         title, kind, load = "GPT-NeoX format", "rotary embeddings, ", ""
     return (

@@ -569,7 +569,13 @@ def test_export_command_writes_a_canon_model_then_probe_reads_it(tmp_path, capsy
     back = hf.load_pretrained(out).model
     assert (back.cfg.canon, back.cfg.rope_dim, back.cfg.canon_kernel) == ("ABCD", 16, 3)
     assert all(torch.equal(t, back.state_dict()[k]) for k, t in lit.model.state_dict().items())
-    idx = torch.randint(0, lit.tokenizer.vocab_size, (2, 30), generator=torch.Generator().manual_seed(0))
+    from transformers import AutoTokenizer
+
+    hf_tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True, local_files_only=True)
+    p = _problems("tiny", 1)[0]
+    idx = torch.tensor([hf_tok(lit.tokenizer.decode(lit.tokenizer.encode_example(p.problem_text, p.solution,
+                                                                                 p.answer)))["input_ids"]])
+    assert idx[0].tolist() == lit.tokenizer.encode_example(p.problem_text, p.solution, p.answer)
     with torch.no_grad():
         assert (_hf_load_remote(out)(idx).logits - lit.model(idx).logits).abs().max().item() <= 1e-4
     rc = probe.main([f"ckpt={out}", f"log_root={tmp_path}", "name=p", *PROBE_FAST])
