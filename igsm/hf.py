@@ -1,7 +1,8 @@
 """Hugging Face interop: igsm models to transformers folders and back (docs/interop.md).
 
 ``python -m igsm export CKPT --out DIR`` writes a folder that loads offline with
-``AutoModelForCausalLM.from_pretrained(DIR, local_files_only=True)`` and ``AutoTokenizer.from_pretrained(DIR, ...)``;
+``AutoModelForCausalLM.from_pretrained(DIR, local_files_only=True)`` and ``AutoTokenizer.from_pretrained(DIR, ...)``
+(both with ``trust_remote_code=True`` for a model with Canon layers, see below);
 :func:`load_pretrained` (and ``probe.py ckpt=DIR``) reads it back into igsm's GPT.
 
 Why GPT-NeoX: it is the transformers architecture that *is* our GPT. Pre-LayerNorm blocks with a
