@@ -287,6 +287,7 @@ def test_every_canon_subset_exports_with_equal_logits(tmp_path, canon):
     folder = hf.export_model(model, tok, tmp_path / "m")
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == ("igsm" if canon else "gpt_neox")
+    assert ("auto_map" in config) == (folder / "modeling_igsm.py").is_file() == bool(canon)  # plain: no code
     hf_model = _hf_load_remote(folder)
     idx = torch.randint(0, tok.vocab_size, (2, 48), generator=torch.Generator().manual_seed(i))
     with torch.no_grad():
