@@ -542,7 +542,9 @@ def cmd_export(a: argparse.Namespace) -> int:
         out = hf.export_checkpoint(a.ckpt, a.out)
     except hf.InteropError as e:
         raise CLIError(str(e)) from None
-    print(f"wrote {out} (load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}, "
+    own_code = json.loads((out / "config.json").read_text()).get("model_type") == hf.IGSM_MODEL_TYPE  # Canon
+    remote = ", trust_remote_code=True" if own_code else ""
+    print(f"wrote {out} (load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}{remote}, "
           "local_files_only=True))")
     return 0
 

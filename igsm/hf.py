@@ -1,7 +1,8 @@
 """Hugging Face interop: igsm models to transformers folders and back (docs/interop.md).
 
 ``python -m igsm export CKPT --out DIR`` writes a folder that loads offline with
-``AutoModelForCausalLM.from_pretrained(DIR, local_files_only=True)`` and ``AutoTokenizer.from_pretrained(DIR, ...)``;
+``AutoModelForCausalLM.from_pretrained(DIR, local_files_only=True)`` and ``AutoTokenizer.from_pretrained(DIR, ...)``
+(both with ``trust_remote_code=True`` for a model with Canon layers, see below);
 :func:`load_pretrained` (and ``probe.py ckpt=DIR``) reads it back into igsm's GPT.
 
 Why GPT-NeoX: it is the transformers architecture that *is* our GPT. Pre-LayerNorm blocks with a
@@ -9,13 +10,18 @@ sequential residual (``use_parallel_residual=False``), exact-erf GELU MLP of wid
 rotary embeddings in the "rotate half" layout on the first ``model.rope_dim`` dims of each head
 (``partial_rotary_factor`` = rope_dim / head_dim: 1 by default, 0 for NoPE),
 no learned positions, tied input/output embeddings, biases on q/k/v and the output projection.
-A model with Canon layers (``model.canon``) has no GPT-NeoX form: export refuses it in one line.
 (GPT-2's own class has learned positions; Llama has RMSNorm, SwiGLU and no biases; GPT-J rotates
 interleaved pairs.) The only rearrangement is GPT-NeoX's fused q/k/v layout: its
 ``query_key_value`` output is read as ``[heads, (q, k, v), head_dim]`` while ours is
 ``[(q, k, v), heads, head_dim]``, so the rows of that weight and bias are permuted (exactly
 invertible: the round trip is bit-identical). The embedding keeps our padded vocabulary (rows past
 the tokenizer's size); ``generation_config.json`` suppresses those ids, as our decoder does.
+
+A model with Canon layers (``model.canon``) has no transformers architecture: it is exported with
+its own modeling code (``igsm/hf_remote``: ``configuration_igsm.py`` and ``modeling_igsm.py``,
+which import only torch and transformers), copied into the folder and named by ``auto_map`` in
+config.json (``model_type: igsm``), loaded with ``trust_remote_code=True``. Its weights keep
+igsm's names under ``transformer.``, so that round trip is bit-identical too.
 
 Tokenizers become ``tokenizer.json`` files of the ``tokenizers`` library (PreTrainedTokenizerFast):
 
@@ -191,8 +197,8 @@ def neox_config(model: GPT, tokenizer: Tokenizer):
     transformers = require("transformers")
     cfg = model.cfg
     if cfg.canon:
-        raise InteropError(f"export: model.canon={cfg.canon!r}: transformers' GPT-NeoX has no Canon layers, so "
-                           "only models trained with model.canon='' can be exported")
+        raise InteropError(f"model.canon={cfg.canon!r}: transformers' GPT-NeoX has no Canon layers "
+                           "(export_model writes such a model with its own modeling code: igsm_config)")
     return transformers.GPTNeoXConfig(
         vocab_size=model.padded_vocab,
         hidden_size=cfg.d_model,
@@ -213,6 +219,81 @@ def neox_config(model: GPT, tokenizer: Tokenizer):
         eos_token_id=tokenizer.eos_id,
         pad_token_id=tokenizer.pad_id,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Canon models: igsm's own transformers code (igsm/hf_remote) travels with the folder
+# ---------------------------------------------------------------------------------------------
+
+IGSM_MODEL_TYPE = "igsm"  # config.json's model_type for igsm/hf_remote's IgsmForCausalLM
+IGSM_PREFIX = "transformer."  # where IgsmForCausalLM keeps igsm's GPT (lm_head is tied)
+IGSM_AUTO_MAP = {"AutoConfig": "configuration_igsm.IgsmConfig",
+                 "AutoModelForCausalLM": "modeling_igsm.IgsmForCausalLM"}
+
+
+def to_igsm_state_dict(model: GPT) -> dict[str, Tensor]:
+    """The GPT's weights under IgsmForCausalLM's names: igsm's, prefixed (float32 copies; no
+    ``lm_head``: it is tied)."""
+    return {IGSM_PREFIX + k: v.detach().to("cpu", torch.float32).clone()
+            for k, v in model.state_dict().items() if k != "lm_head.weight"}
+
+
+def from_igsm_state_dict(weights: dict[str, Tensor], cfg: ModelConfig, expected: set[str]) -> dict[str, Tensor]:
+    """An IgsmForCausalLM state dict -> igsm's (inverse of to_igsm_state_dict); ``expected``: the
+    names ``GPT(cfg, ...)`` has."""
+    ours = {k[len(IGSM_PREFIX):]: v for k, v in weights.items() if k.startswith(IGSM_PREFIX)}
+    embed = ours.get("wte.weight")
+    if embed is None:
+        raise InteropError(f"weights: tensor {IGSM_PREFIX}wte.weight is missing")
+    head = weights.get("lm_head.weight")
+    if head is not None and not torch.equal(head, embed):
+        raise InteropError("weights: lm_head differs from transformer.wte; igsm's GPT ties them "
+                           "(tie_word_embeddings must be true)")
+    ours["lm_head.weight"] = embed  # tied: one tensor under both names
+    missing, unknown = sorted(expected - set(ours)), sorted(set(ours) - expected)
+    if missing or unknown:
+        missing, unknown = [IGSM_PREFIX + n for n in missing[:3]], [IGSM_PREFIX + n for n in unknown[:3]]
+        raise InteropError(f"weights do not match model.canon={cfg.canon!r}: missing {missing}, unexpected {unknown}")
+    return ours
+
+
+def igsm_config(model: GPT, tokenizer: Tokenizer):
+    """The ``IgsmConfig`` (igsm/hf_remote) that describes ``model``: any Canon layers, any rope_dim."""
+    require("transformers")
+    from igsm.hf_remote.configuration_igsm import IgsmConfig
+
+    cfg = model.cfg
+    return IgsmConfig(
+        vocab_size=model.padded_vocab,
+        hidden_size=cfg.d_model,
+        num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head,
+        max_position_embeddings=cfg.block_size,
+        rotary_dim=cfg.rotary_dim,
+        rope_base=float(cfg.rope_base),
+        canon=cfg.canon,
+        canon_kernel=cfg.canon_kernel,
+        bias=cfg.bias,
+        layer_norm_eps=LAYER_NORM_EPS,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.eos_id,  # prompts start with eos (igsm.tokenizer.encode_prompt)
+        eos_token_id=tokenizer.eos_id,
+        pad_token_id=tokenizer.pad_id,
+    )
+
+
+def _write_remote_code(folder: Path) -> None:
+    """Copy the modeling code into the folder and name it in config.json (``auto_map``)."""
+    import shutil
+
+    from igsm.hf_remote import REMOTE_CODE_DIR, REMOTE_CODE_FILES
+
+    for name in REMOTE_CODE_FILES:
+        shutil.copyfile(REMOTE_CODE_DIR / name, folder / name)
+    path = folder / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["auto_map"] = dict(IGSM_AUTO_MAP)
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,7 +437,8 @@ def export_model(model: GPT, tokenizer: Tokenizer, out_dir: Union[str, Path],
                  train_config: Optional[TrainConfig] = None, source: Optional[str] = None) -> Path:
     """Write ``model`` and ``tokenizer`` as a transformers folder (safetensors, config.json,
     generation_config.json, tokenizer files) plus ``igsm.json`` and a README.md naming ``source``.
-    Returns the folder."""
+    A plain model becomes a GPT-NeoX; one with Canon layers an ``igsm`` model whose modeling code
+    is in the folder (load it with ``trust_remote_code=True``). Returns the folder."""
     transformers = require("transformers")
     require("safetensors")
     from igsm.cli_config import config_to_dict
@@ -364,10 +446,17 @@ def export_model(model: GPT, tokenizer: Tokenizer, out_dir: Union[str, Path],
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InteropError(f"--out {out}: exists and is not a folder")
-    config = neox_config(model, tokenizer)
+    canon = bool(model.cfg.canon)
+    if canon:  # no transformers architecture has Canon layers: igsm's own code goes with the folder
+        from igsm.hf_remote.modeling_igsm import IgsmForCausalLM
+
+        config, model_class, weights = igsm_config(model, tokenizer), IgsmForCausalLM, to_igsm_state_dict(model)
+    else:
+        config, model_class = neox_config(model, tokenizer), transformers.GPTNeoXForCausalLM
+        weights = to_neox_state_dict(model)
     with torch.device("meta"):  # no random init of weights that are replaced at once
-        hf_model = transformers.GPTNeoXForCausalLM(config)
-    hf_model.load_state_dict(to_neox_state_dict(model), strict=False, assign=True)
+        hf_model = model_class(config)
+    hf_model.load_state_dict(weights, strict=False, assign=True)
     hf_model.tie_weights()
     missing = [n for n, p in hf_model.named_parameters() if p.is_meta]
     if missing:
@@ -380,7 +469,10 @@ def export_model(model: GPT, tokenizer: Tokenizer, out_dir: Union[str, Path],
     gen.suppress_tokens = list(range(tokenizer.vocab_size, model.padded_vocab)) or None
     out.mkdir(parents=True, exist_ok=True)
     hf_model.save_pretrained(out, safe_serialization=True)
-    _add_legacy_rope_keys(out / "config.json", model.cfg.rope_base, rotary_fraction(model.cfg))
+    if canon:
+        _write_remote_code(out)
+    else:
+        _add_legacy_rope_keys(out / "config.json", model.cfg.rope_base, rotary_fraction(model.cfg))
     hf_tokenizer(tokenizer, model_max_length=model.cfg.block_size).save_pretrained(out)
     _set_tokenizer_class(out / "tokenizer_config.json")
     meta = {
@@ -405,13 +497,22 @@ def model_card(model: GPT, tokenizer: Tokenizer, source: Optional[str] = None) -
         prompt = ("the ids `[50256, 222] + tokenizer(\" \" + problem).input_ids + [223]` (222-224 are the "
                   "problem/solution/answer marker bytes, which have no text form); the model continues with "
                   "\" \" + solution, 224, \" \" + answer and 50256.")
+    if cfg.canon:
+        title = "igsm format with Canon layers"
+        kind = (f"rotary embeddings on {cfg.rotary_dim} of {cfg.head_dim} dims per head and Canon layers "
+                f"{cfg.canon} (kernel {cfg.canon_kernel}), ")
+        load = ("Load it with `AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True, "
+                "local_files_only=True)` (and `AutoTokenizer` with the same flags): the modeling code is "
+                "`modeling_igsm.py` in this folder (torch and transformers only).\n\n")
+    else:
+        title, kind, load = "GPT-NeoX format", "rotary embeddings, ", ""
     return (
-        "# iGSM model (GPT-NeoX format)\n\n"
+        f"# iGSM model ({title})\n\n"
         f"Exported by `python -m igsm export`{f' from `{source}`' if source else ''}: a GPT-2-style model with "
-        f"rotary embeddings, {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.d_model} dimensions, "
+        f"{kind}{cfg.n_layer} layers, {cfg.n_head} heads, {cfg.d_model} dimensions, "
         f"{model.num_params():,} parameters; `{tokenizer.name}` tokenizer ({tokenizer.vocab_size} ids; the "
         f"embedding is padded to {model.padded_vocab}, and generation_config.json suppresses the padding ids).\n\n"
-        f"Prompt: {prompt} igsm's evaluation decodes greedily. `igsm.json` holds the training config; "
+        f"{load}Prompt: {prompt} igsm's evaluation decodes greedily. `igsm.json` holds the training config; "
         "igsm reads the folder back with `igsm.hf.load_pretrained(DIR)` or `python probe.py ckpt=DIR` "
         "(docs/interop.md in the igsm repository).\n"
     )
@@ -477,7 +578,7 @@ def check_pretrained(path: Union[str, Path]) -> None:
         c = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as e:
         raise InteropError(f"{folder / 'config.json'}: not readable JSON ({e})") from None
-    _check_neox_config(c, str(folder / "config.json"))
+    _check_config(c, str(folder / "config.json"))
 
 
 def _read_weights(folder: Path) -> dict[str, Tensor]:
@@ -494,6 +595,34 @@ def _read_weights(folder: Path) -> dict[str, Tensor]:
         return weights
     raise InteropError(f"{folder}: no model.safetensors (or model.safetensors.index.json); "
                        "save with safe_serialization=True")
+
+
+def _check_config(c: dict, where: str) -> None:
+    """config.json of a GPT-NeoX or of igsm's own model (Canon layers): see the two checks."""
+    if c.get("model_type") == IGSM_MODEL_TYPE:
+        _check_igsm_config(c, where)
+    else:
+        _check_neox_config(c, where)
+
+
+def _check_igsm_config(c: dict, where: str) -> None:
+    """The keys of an ``igsm`` config.json that igsm's GPT reads, each with its allowed values."""
+    def need(key: str, ok: bool, allowed: str) -> None:
+        if not ok:
+            raise InteropError(f"{where}: {key}={c.get(key)!r} is not supported; igsm's GPT needs {allowed}")
+
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "canon_kernel"):
+        need(key, isinstance(c.get(key), int) and c[key] >= 1, "a positive integer")
+    need("hidden_size", c["hidden_size"] % c["num_attention_heads"] == 0, "a multiple of num_attention_heads")
+    head_dim = c["hidden_size"] // c["num_attention_heads"]
+    rotary = c.get("rotary_dim")
+    need("rotary_dim", isinstance(rotary, int) and 0 <= rotary <= head_dim and rotary % 2 == 0,
+         f"an even integer in 0..{head_dim} (the head dim)")
+    canon = c.get("canon")
+    need("canon", isinstance(canon, str) and set(canon) <= set("ABCD") and len(set(canon)) == len(canon),
+         "distinct letters of 'ABCD'")
+    need("layer_norm_eps", math.isclose(c.get("layer_norm_eps", 1e-5), LAYER_NORM_EPS), str(LAYER_NORM_EPS))
+    need("tie_word_embeddings", c.get("tie_word_embeddings", True) is True, "true")
 
 
 def _check_neox_config(c: dict, where: str) -> None:
@@ -543,8 +672,9 @@ def _guess_tokenizer(folder: Path, padded_vocab: int) -> Tokenizer:
 
 
 def load_pretrained(path: Union[str, Path]) -> Pretrained:
-    """Read a transformers GPT-NeoX folder (one written by :func:`export_model`, or a compatible
-    model trained elsewhere) into igsm's GPT, tokenizer and training config.
+    """Read a transformers folder written by :func:`export_model` (GPT-NeoX, or igsm's own model
+    with Canon layers), or a compatible GPT-NeoX trained elsewhere, into igsm's GPT, tokenizer and
+    training config.
 
     Without ``igsm.json`` the tokenizer must be GPT-2's and the training config is the default
     (the paper's iGSM-med data with the gpt2 tokenizer) with the model's sizes.
@@ -555,7 +685,8 @@ def load_pretrained(path: Union[str, Path]) -> Pretrained:
     if not is_pretrained_dir(folder):
         raise InteropError(f"{path}: not a transformers folder (no config.json)")
     c = json.loads((folder / "config.json").read_text())
-    _check_neox_config(c, str(folder / "config.json"))
+    _check_config(c, str(folder / "config.json"))
+    own = c.get("model_type") == IGSM_MODEL_TYPE  # igsm's own model (Canon layers), else GPT-NeoX
     meta_path = folder / IGSM_FILE
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
     padded = int(c["vocab_size"])
@@ -576,11 +707,17 @@ def load_pretrained(path: Union[str, Path]) -> Pretrained:
     model_cfg.n_layer, model_cfg.n_head = int(c["num_hidden_layers"]), int(c["num_attention_heads"])
     model_cfg.n_embd = int(c["hidden_size"]) if int(c["hidden_size"]) != 64 * model_cfg.n_head else None
     model_cfg.block_size = int(c.get("max_position_embeddings", model_cfg.block_size))
-    rope = c.get("rope_parameters") or {}
-    model_cfg.rope_base = float(rope.get("rope_theta", c.get("rope_theta", c.get("rotary_emb_base", 10000.0))))
-    rotary = _neox_rotary_dim(c)
+    if own:
+        model_cfg.rope_base = float(c.get("rope_base", 10000.0))
+        rotary = int(c["rotary_dim"])
+        model_cfg.canon, model_cfg.canon_kernel = c["canon"], int(c["canon_kernel"])
+        model_cfg.bias = bool(c.get("bias", True))
+    else:
+        rope = c.get("rope_parameters") or {}
+        model_cfg.rope_base = float(rope.get("rope_theta", c.get("rope_theta", c.get("rotary_emb_base", 10000.0))))
+        rotary = _neox_rotary_dim(c)
+        model_cfg.canon = ""  # _check_neox_config: GPT-NeoX has none
     model_cfg.rope_dim = None if rotary == model_cfg.head_dim else rotary
-    model_cfg.canon = ""  # _check_neox_config: GPT-NeoX has none
     model_cfg.compile = False
     train_cfg.model = model_cfg
     model = GPT(model_cfg, tokenizer.vocab_size)
@@ -588,8 +725,11 @@ def load_pretrained(path: Union[str, Path]) -> Pretrained:
         raise InteropError(f"{folder / 'config.json'}: vocab_size={padded} but the {tokenizer.name} tokenizer "
                            f"({tokenizer.vocab_size} ids) pads to {model.padded_vocab} "
                            f"(a multiple of {VOCAB_MULTIPLE})")
-    state = from_neox_state_dict(_read_weights(folder), model_cfg)
     expected = set(model.state_dict())
+    if own:
+        state = from_igsm_state_dict(_read_weights(folder), model_cfg, expected)
+    else:
+        state = from_neox_state_dict(_read_weights(folder), model_cfg)
     if set(state) != expected:
         raise InteropError(f"{folder}: weights do not match the model: missing {sorted(expected - set(state))[:3]}")
     for name, t in state.items():
@@ -603,6 +743,7 @@ def load_pretrained(path: Union[str, Path]) -> Pretrained:
 
 __all__ = [
     "HF_EXTRA", "MissingExtraError", "InteropError", "require", "to_neox_state_dict", "from_neox_state_dict",
-    "neox_config", "hf_tokenizer", "gpt2_merges", "fresh_letters_processor", "export_model", "export_checkpoint",
+    "neox_config", "igsm_config", "to_igsm_state_dict", "from_igsm_state_dict",
+    "hf_tokenizer", "gpt2_merges", "fresh_letters_processor", "export_model", "export_checkpoint",
     "Pretrained", "is_pretrained_dir", "check_pretrained", "load_pretrained",
 ]

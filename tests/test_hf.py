@@ -1,5 +1,6 @@
-"""Hugging Face interop (igsm.hf, docs/interop.md): export to a transformers GPT-NeoX folder, the
-numbers and tokens it reproduces, the way back, probing an exported folder, Parquet datasets.
+"""Hugging Face interop (igsm.hf, docs/interop.md): export to a transformers GPT-NeoX folder (or,
+for Canon models, a folder with igsm's own modeling code), the numbers and tokens it reproduces,
+the way back, probing an exported folder, Parquet datasets.
 
 Tests that need the extra [hf] skip without it; the "which extra" messages are tested always.
 """
@@ -98,18 +99,6 @@ def test_partial_rope_exports_as_rotary_pct_with_equal_logits(tmp_path, n_embd, 
     back = hf.load_pretrained(folder).model
     assert back.cfg.rope_dim == rope_dim
     assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values()))
-
-
-def test_a_canon_model_is_not_exported_one_line(tmp_path):
-    _need_hf()
-    from igsm import hf
-
-    tok = _tokenizer("word")
-    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=64, canon="AC"), tok.vocab_size)
-    with pytest.raises(hf.InteropError) as e:
-        hf.export_model(model, tok, tmp_path / "m")
-    assert "model.canon='AC'" in str(e.value) and "\n" not in str(e.value)
-    assert not (tmp_path / "m").exists()
 
 
 def test_generate_reproduces_greedy_decode(exported):
@@ -243,27 +232,315 @@ def test_unsupported_config_is_one_clear_error(tmp_path, key, value):
 
 
 # ----------------------------------------------------------------------------------------------
+# Canon models: exported with igsm's own modeling code (igsm/hf_remote), trust_remote_code=True
+# ----------------------------------------------------------------------------------------------
+
+CANON_SUBSETS = ["".join(c for i, c in enumerate("ABCD") if m >> i & 1) for m in range(16)]
+
+
+def _canon_model(canon: str, *, rope_dim=None, kernel: int = 4, n_embd: int = 32, seed: int = 0,
+                 vocab_size: int = 0) -> GPT:
+    """A small random GPT whose weights are large enough that every Canon layer and every token
+    matters (default init: near-uniform logits, greedy repeats one token)."""
+    torch.manual_seed(seed)
+    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=n_embd, block_size=256, canon=canon, canon_kernel=kernel,
+                            rope_dim=rope_dim), vocab_size or _tokenizer("word").vocab_size).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ln_" not in name:
+                p.normal_(0.0, 0.5 if "canon" in name else 0.3)
+    return model
+
+
+def _hf_load_remote(folder):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, local_files_only=True).eval()
+
+
+def _left_padded(prompts, pad_id):
+    """ids and attention_mask [B, P] for prompts left-padded to the longest, as generate expects."""
+    P = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), P), pad_id)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, P - len(p):], mask[row, P - len(p):] = torch.tensor(p), 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("canon", CANON_SUBSETS)
+def test_every_canon_subset_exports_with_equal_logits(tmp_path, canon):
+    """All 16 subsets of ABCD ("" is the plain GPT-NeoX export), with kernels 1-4 and rope_dim
+    16 (all), 4, 0 (NoPE) and 8 of the 16 head dims cycling through them."""
+    _need_hf()
+    from igsm import hf
+
+    i = CANON_SUBSETS.index(canon)
+    rope_dim, kernel = [None, 4, 0, 8][i % 4], [4, 1, 2, 3][i // 4]
+    tok = _tokenizer("word")
+    model = _canon_model(canon, rope_dim=rope_dim, kernel=kernel, seed=i)
+    folder = hf.export_model(model, tok, tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == ("igsm" if canon else "gpt_neox")
+    assert ("auto_map" in config) == (folder / "modeling_igsm.py").is_file() == bool(canon)  # plain: no code
+    hf_model = _hf_load_remote(folder)
+    idx = torch.randint(0, tok.vocab_size, (2, 48), generator=torch.Generator().manual_seed(i))
+    with torch.no_grad():
+        ours, theirs = model(idx).logits, hf_model(idx).logits
+    assert theirs.shape == ours.shape
+    assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("n_embd, rope_dim", [(32, None), (32, 4), (32, 0), (52, 6)])  # all, a quarter, NoPE, 6 of 26
+def test_canon_export_rope_dim_logits_and_bit_identical_round_trip(tmp_path, n_embd, rope_dim):
+    _need_hf()
+    from igsm import hf
+
+    tok = _tokenizer("word")
+    model = _canon_model("ABCD", rope_dim=rope_dim, n_embd=n_embd, kernel=3)
+    folder = hf.export_model(model, tok, tmp_path / "m")
+    assert json.loads((folder / "config.json").read_text())["rotary_dim"] == model.cfg.rotary_dim
+    hf_model = _hf_load_remote(folder)
+    idx = torch.randint(0, tok.vocab_size, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (model(idx).logits - hf_model(idx).logits).abs().max().item() <= 1e-4
+    back = hf.load_pretrained(folder)
+    assert (back.model.cfg.canon, back.model.cfg.canon_kernel, back.model.cfg.rope_dim) == ("ABCD", 3, rope_dim)
+    assert back.tokenizer.to_dict() == tok.to_dict()
+    theirs = back.model.state_dict()
+    assert set(theirs) == set(model.state_dict())
+    for name, t in model.state_dict().items():
+        assert torch.equal(t, theirs[name]), name
+    assert back.model.lm_head.weight is back.model.wte.weight
+
+
+def test_canon_round_trip_without_biases(tmp_path):
+    _need_hf()
+    from igsm import hf
+
+    tok = _tokenizer("word")
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=64, bias=False, canon="BD"), tok.vocab_size)
+    folder = hf.export_model(model, tok, tmp_path / "m")
+    idx = torch.randint(0, tok.vocab_size, (1, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (model(idx).logits - _hf_load_remote(folder)(idx).logits).abs().max().item() <= 1e-4
+    back = hf.load_pretrained(folder).model
+    assert not back.cfg.bias
+    assert all(torch.equal(t, back.state_dict()[k]) for k, t in model.state_dict().items())
+
+
+def test_canon_left_padding_reads_as_the_start_of_the_sequence(tmp_path):
+    """A left-padded row's logits equal the unpadded row's: padded keys are masked out of
+    attention and padded positions enter the Canon convolutions as zeros."""
+    _need_hf()
+    from igsm import hf
+
+    tok = _tokenizer("word")
+    model = _canon_model("ABCD", rope_dim=4)
+    hf_model = _hf_load_remote(hf.export_model(model, tok, tmp_path / "m"))
+    g = torch.Generator().manual_seed(3)
+    rows = [torch.randint(3, tok.vocab_size, (n,), generator=g).tolist() for n in (30, 21, 9)]
+    ids, mask = _left_padded(rows, tok.pad_id)
+    with torch.no_grad():
+        padded = hf_model(input_ids=ids, attention_mask=mask).logits  # [3, 30, V]
+        for r, row in enumerate(rows):
+            alone = model(torch.tensor([row])).logits[0]  # [n, V]
+            assert (padded[r, ids.shape[1] - len(row):] - alone).abs().max().item() <= 1e-4
+
+
+def test_canon_generate_reproduces_greedy_decode_with_a_kv_cache(tmp_path):
+    """Batched, left-padded greedy generate equals igsm's greedy_decode token for token; after the
+    prompt each step feeds one token (the cache carries keys, values and the Canon states), and
+    generating without the cache (recomputing every step) gives the same tokens."""
+    _need_hf()
+    from igsm import hf
+
+    tok = _tokenizer("word")
+    model = _canon_model("ABCD", rope_dim=4)
+    hf_model = _hf_load_remote(hf.export_model(model, tok, tmp_path / "m"))
+    prompts = [tok.encode_prompt(p.problem_text) for p in _problems("tiny", 3, seed=1)]
+    ours = greedy_decode(model, prompts, max_new_tokens=20, stop_ids=[tok.eos_id], pad_id=tok.pad_id)
+    assert len({t for row in ours for t in row}) > 10  # a model whose tokens depend on the context
+    ids, mask = _left_padded(prompts, tok.pad_id)
+    fed = []
+    hook = hf_model.register_forward_pre_hook(lambda mod, args, kw: fed.append(kw["input_ids"].shape[1]),
+                                              with_kwargs=True)
+    out = hf_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=20)  # greedy by its config
+    hook.remove()
+    assert fed[0] == ids.shape[1] and set(fed[1:]) == {1}  # the prompt, then one token per step
+    theirs = []
+    for row in out[:, ids.shape[1]:].tolist():
+        cut = next((j + 1 for j, t in enumerate(row) if t == tok.eos_id), len(row))
+        theirs.append(row[:cut])
+    assert theirs == ours
+    recomputed = hf_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=20, use_cache=False)
+    assert torch.equal(recomputed, out)
+
+
+def test_canon_beam_search_cache_follows_the_beams(tmp_path):
+    """Beam search reorders the cache every step; the Canon states must follow their beams."""
+    _need_hf()
+    from igsm import hf
+
+    tok = _tokenizer("word")
+    model = _canon_model("ABCD", kernel=4, seed=1)  # its beams swap places at most steps
+    hf_model = _hf_load_remote(hf.export_model(model, tok, tmp_path / "m"))
+    ids, mask = _left_padded([tok.encode_prompt(p.problem_text) for p in _problems("tiny", 2, seed=4)], tok.pad_id)
+    kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=8, num_beams=3)
+    assert torch.equal(hf_model.generate(**kw), hf_model.generate(**kw, use_cache=False))
+
+
+def test_canon_hidden_states_are_igsms(tmp_path):
+    """output_hidden_states: the embedding output and the residual stream after each block, the
+    last one after the final LayerNorm (transformers' convention; igsm's is before it)."""
+    _need_hf()
+    from igsm import hf
+
+    tok = _tokenizer("word")
+    model = _canon_model("AC", rope_dim=0)
+    hf_model = _hf_load_remote(hf.export_model(model, tok, tmp_path / "m"))
+    idx = torch.randint(0, tok.vocab_size, (2, 24), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ours = model(idx, output_hidden_states=True).hidden_states
+        theirs = hf_model(idx, output_hidden_states=True).hidden_states
+        assert len(theirs) == len(ours) == model.cfg.n_layer + 1
+        for a, b in zip(ours[:-1], theirs[:-1]):
+            assert (a - b).abs().max().item() <= 1e-5
+        assert (model.ln_f(ours[-1]) - theirs[-1]).abs().max().item() <= 1e-5
+
+
+def test_canon_hidden_states_through_nnsight(tmp_path):
+    """docs/interop.md: nnsight opens the folder and saves each block's output (the residual
+    stream igsm's probes read) and a Canon layer's output."""
+    _need_hf()
+    nnsight = pytest.importorskip("nnsight")
+    from igsm import hf
+
+    tok = _tokenizer("word")
+    model = _canon_model("ABCD", rope_dim=4)
+    folder = hf.export_model(model, tok, tmp_path / "m")
+    # nnsight >= 0.8 opens folders through a transformers pipeline (TransformersModel); older
+    # versions with LanguageModel. Offline: the _offline fixture sets HF_HUB_OFFLINE=1.
+    if hasattr(nnsight, "TransformersModel"):
+        lm = nnsight.TransformersModel(str(folder), task="text-generation", trust_remote_code=True, dispatch=True)
+    else:
+        lm = nnsight.LanguageModel(str(folder), trust_remote_code=True, dispatch=True)
+    idx = torch.randint(0, tok.vocab_size, (1, 24), generator=torch.Generator().manual_seed(6))
+    with lm.trace(idx):  # modules in the order they run (nnsight refuses to go back)
+        canon_a = lm.transformer.blocks[0].canon_a.output.save()
+        block_1 = lm.transformer.blocks[0].output.save()  # the residual stream after block 1
+        block_2 = lm.transformer.blocks[1].output.save()
+    with torch.no_grad():
+        ours = model(idx, output_hidden_states=True).hidden_states
+        expected_a = model.blocks[0].canon_a(model.blocks[0].ln_1(ours[0]))
+    for layer, saved in enumerate((block_1, block_2), start=1):
+        assert (saved - ours[layer]).abs().max().item() <= 1e-5
+    assert (canon_a - expected_a).abs().max().item() <= 1e-5
+
+
+def test_canon_folder_code_imports_only_torch_and_transformers(tmp_path):
+    """The modeling code in the folder needs no igsm (the slow test below runs it without)."""
+    _need_hf()
+    import ast
+
+    from igsm import hf
+
+    folder = hf.export_model(_canon_model("A"), _tokenizer("word"), tmp_path / "m")
+    roots = set()
+    for name in ("modeling_igsm.py", "configuration_igsm.py"):
+        for node in ast.walk(ast.parse((folder / name).read_text())):
+            if isinstance(node, ast.Import):
+                roots |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                roots.add("." if node.level else node.module.split(".")[0])
+    assert roots <= {"__future__", "typing", "torch", "transformers", "."}, roots
+    assert json.loads((folder / "config.json").read_text())["auto_map"] == {
+        "AutoConfig": "configuration_igsm.IgsmConfig", "AutoModelForCausalLM": "modeling_igsm.IgsmForCausalLM"}
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch and transformers: ~20 s on 2 busy cores
+def test_canon_folder_runs_without_igsm(tmp_path):
+    """The folder is self-contained: in a fresh interpreter where igsm cannot be imported, the
+    modeling code loads from the folder alone (nothing downloaded) and gives igsm's logits."""
+    _need_hf()
+    import subprocess
+
+    from igsm import hf
+
+    tok = _tokenizer("word")
+    model = _canon_model("ABD", rope_dim=8)
+    folder = hf.export_model(model, tok, tmp_path / "m")
+    idx = torch.randint(0, tok.vocab_size, (1, 16), generator=torch.Generator().manual_seed(7))
+    torch.save(idx, tmp_path / "idx.pt")
+    script = (
+        "import sys, torch; sys.modules['igsm'] = None\n"  # import igsm now fails
+        "from transformers import AutoModelForCausalLM\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code=True, local_files_only=True)\n"
+        f"idx = torch.load({str(tmp_path / 'idx.pt')!r})\n"
+        "with torch.no_grad(): torch.save(m.eval()(idx).logits, sys.argv[1])\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "logits.pt")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    with torch.no_grad():
+        assert (torch.load(tmp_path / "logits.pt") - model(idx).logits).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("key,value", [("canon", "AX"), ("rotary_dim", 5), ("tie_word_embeddings", False)])
+def test_canon_unsupported_config_is_one_clear_error(tmp_path, key, value):
+    _need_hf()
+    from igsm import hf
+
+    tok = _tokenizer("word")
+    folder = hf.export_model(_canon_model("AC"), tok, tmp_path / "m")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg[key] = value
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(hf.InteropError, match=key) as e:
+        hf.load_pretrained(folder)
+    assert "\n" not in str(e.value)
+
+
+def test_canon_weights_that_do_not_match_the_config_are_one_error(tmp_path):
+    _need_hf()
+    from igsm import hf
+
+    tok = _tokenizer("word")
+    folder = hf.export_model(_canon_model("AC"), tok, tmp_path / "m")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["canon"] = "A"  # the folder still holds canon_c weights
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(hf.InteropError, match="unexpected.*canon_c"):
+        hf.load_pretrained(folder)
+
+
+# ----------------------------------------------------------------------------------------------
 # The command line and probe.py on a real (2-step) train.py checkpoint
 # ----------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def train_ckpt(tmp_path_factory):
+def _write_train_ckpt(path: Path, overrides: list[str]) -> Path:
     """A checkpoint in train.py's format (what GPTLitModule.load_from_checkpoint reads) of an
     untrained tiny-preset model, written without training (test_probe_cli runs train.py itself)."""
-    _need_hf()
     import lightning as L
 
     from igsm.cli_config import config_to_dict, load_config
     from igsm.config import TrainConfig, build_data_tokenizer
     from igsm.lit import GPTLitModule
 
-    cfg = load_config(TrainConfig, ["model.n_layer=2", "model.n_head=2"])
+    cfg = load_config(TrainConfig, ["model.n_layer=2", "model.n_head=2", *overrides])
     torch.manual_seed(0)
     lit = GPTLitModule(config_to_dict(cfg), build_data_tokenizer(cfg.data).to_dict())
-    path = tmp_path_factory.mktemp("ckpt") / "last.ckpt"
     torch.save({"state_dict": lit.state_dict(), "hyper_parameters": dict(lit.hparams),
                 "pytorch-lightning_version": L.__version__}, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def train_ckpt(tmp_path_factory):
+    _need_hf()
+    return _write_train_ckpt(tmp_path_factory.mktemp("ckpt") / "last.ckpt", [])
 
 
 def test_export_command_then_probe_the_folder(train_ckpt, tmp_path, capsys):
@@ -284,6 +561,37 @@ def test_export_command_then_probe_the_folder(train_ckpt, tmp_path, capsys):
     with torch.no_grad():
         assert (hf_model(idx).logits - lit.model(idx).logits).abs().max().item() <= 1e-4
     # probe.py reads the folder like a checkpoint: same model, tokenizer and training data
+    rc = probe.main([f"ckpt={out}", f"log_root={tmp_path}", "name=p", *PROBE_FAST])
+    assert rc == 0
+    res = json.loads((tmp_path / "p" / "version_0" / "probe.json").read_text())
+    assert res["backbone_ckpt"] == str(out) and res["backbone"]["n_layer"] == 2
+    assert res["tasks"]["nece"]["n_test_pairs"] > 0
+
+
+def test_export_command_writes_a_canon_model_then_probe_reads_it(tmp_path, capsys):
+    """python -m igsm export on a Canon checkpoint (it used to refuse in one line): the folder
+    loads with trust_remote_code and gives the checkpoint's logits; probe.py ckpt=DIR reads it."""
+    _need_hf()
+    from igsm import hf
+    from igsm.lit import GPTLitModule
+
+    ckpt = _write_train_ckpt(tmp_path / "canon.ckpt", ["model.canon=ABCD", "model.rope_dim=16", "model.canon_kernel=3"])
+    out = tmp_path / "export"
+    assert cli.main(["export", str(ckpt), "--out", str(out)]) == 0
+    assert "trust_remote_code=True" in capsys.readouterr().out
+    lit = GPTLitModule.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=False)
+    back = hf.load_pretrained(out).model
+    assert (back.cfg.canon, back.cfg.rope_dim, back.cfg.canon_kernel) == ("ABCD", 16, 3)
+    assert all(torch.equal(t, back.state_dict()[k]) for k, t in lit.model.state_dict().items())
+    from transformers import AutoTokenizer
+
+    hf_tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True, local_files_only=True)
+    p = _problems("tiny", 1)[0]
+    idx = torch.tensor([hf_tok(lit.tokenizer.decode(lit.tokenizer.encode_example(p.problem_text, p.solution,
+                                                                                 p.answer)))["input_ids"]])
+    assert idx[0].tolist() == lit.tokenizer.encode_example(p.problem_text, p.solution, p.answer)
+    with torch.no_grad():
+        assert (_hf_load_remote(out)(idx).logits - lit.model(idx).logits).abs().max().item() <= 1e-4
     rc = probe.main([f"ckpt={out}", f"log_root={tmp_path}", "name=p", *PROBE_FAST])
     assert rc == 0
     res = json.loads((tmp_path / "p" / "version_0" / "probe.json").read_text())
