@@ -166,10 +166,12 @@ def build_controls(cfg: ProbeConfig, backbone, gen_cfg, datamodule) -> tuple[Opt
     """
     import torch
 
+    from igsm.trainer import resolve_precision
     from probing.controls import finetune_positive, solved_flags
 
     p = cfg.probe
-    bf16 = str(cfg.trainer.precision).startswith("bf16")
+    # The precision the probes train with (null = auto, as in train.py): the controls follow it.
+    bf16 = resolve_precision(cfg.trainer).startswith("bf16")
     device = "cpu"
     if cfg.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         # under DDP every rank runs this on its own GPU (same seed: the same copies, up to GPU nondeterminism)

@@ -291,7 +291,10 @@ class GPTLitModule(L.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip the global gradient norm to ``optim.grad_clip`` and log the norm before clipping.
-        Lightning calls this after unscaling and after DDP's gradient all-reduce."""
+        Lightning calls this after DDP's gradient all-reduce. Under 16-mixed the gradients are
+        unscaled first: Lightning leaves that to optimizers that unscale inside their step (fused
+        AdamW), and clipping scaled gradients would clip nothing (the norm is x the loss scale)."""
+        unscale_for_clipping(self.trainer.precision_plugin if self._trainer is not None else None, optimizer)
         max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip is not None else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         self.log("train/grad_norm", norm)
@@ -454,6 +457,19 @@ class GPTLitModule(L.LightningModule):
                          f"**generated**:\n\n    {solution}\n\n**answer** {answer} (expected {problem.answer}): "
                          f"{verdict}")
         experiment.add_text(f"eval/{self.buckets[bucket].label}/examples", "\n\n---\n\n".join(parts), self.global_step)
+
+
+def unscale_for_clipping(precision_plugin: Any, optimizer: torch.optim.Optimizer) -> None:
+    """Unscale the gradients of a float16 run (a GradScaler) whose optimizer unscales inside its own
+    step (``_step_supports_amp_scaling``: fused AdamW), which Lightning does not unscale before
+    clipping. The scaler remembers it: its step then passes no scale to the optimizer."""
+    scaler = getattr(precision_plugin, "scaler", None)
+    if scaler is None or not getattr(optimizer, "_step_supports_amp_scaling", False):
+        return  # no scaler, or Lightning has unscaled already
+    from torch.amp.grad_scaler import OptState
+
+    if scaler._per_optimizer_states[id(optimizer)]["stage"] is OptState.READY:
+        scaler.unscale_(optimizer)
 
 
 def uniform_letter_loss(logits: torch.Tensor, targets: torch.Tensor, letter_used: torch.Tensor,
