@@ -240,9 +240,11 @@ class GPTLitModule(L.LightningModule):
         Each rank's loss is a mean over its own tokens and DDP averages the ranks' gradients, so
         without this weight a token of a rank with few loss tokens (short solutions, whole-problem
         masking) would count more than one of a rank with many; the process layout would change the
-        training. One scalar all-reduce, no host sync; not called in one process."""
+        training. One scalar all-reduce, without a barrier (Lightning's ``strategy.reduce`` puts
+        one before it) and without a host sync; not called in one process."""
         local = (targets != -100).sum().float()  # []
-        total = self.trainer.strategy.reduce(local.clone(), reduce_op="sum")  # [] the same on every rank
+        total = local.clone()
+        torch.distributed.all_reduce(total)  # [] sum, the same on every rank
         return local * world / total.clamp(min=1)
 
     # -- optimizer, schedule, clipping -----------------------------------------------------------
