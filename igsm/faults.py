@@ -165,6 +165,9 @@ def resume_args(argv: list[str], *extra: str) -> list[str]:
 
 # -- preemption: SIGTERM / SIGINT ----------------------------------------------------------------
 
+STOP_CHECK_EVERY = 10  # under DDP, the most optimizer steps between two agreements on the signal flags
+
+
 class GracefulStop(Callback):
     """On SIGTERM or SIGINT during training: finish the current optimizer step, stop, and let the
     checkpoint callback write ``last.ckpt`` (it does so when training ends). A second signal exits
@@ -179,15 +182,15 @@ class GracefulStop(Callback):
     there (it ignores it after a requeue); its handler's broadcast is replaced by the flag alone.
 
     Under DDP the ranks agree on the flags at the end of every ``check_every``-th optimizer step
-    (default ``trainer.log_every_n_steps``, whose steps Lightning syncs anyway) and of the last
-    one: one all-reduce of two integers and one host read, with no barrier; between those steps
-    the check costs nothing. Every rank stops (or saves) after the same step. One process checks
-    every step (no collective needed).
+    (default: every ``trainer.log_every_n_steps``-th, whose steps Lightning syncs anyway, or every
+    ``STOP_CHECK_EVERY``-th if that is more often) and of the last one: one all-reduce of two
+    integers and one host read, with no barrier; between those steps the check costs nothing.
+    Every rank stops (or saves) after the same step. One process checks every step (no collective).
     """
 
     def __init__(self, eval_every: Optional[int] = None, check_every: Optional[int] = None) -> None:
         self.eval_every = eval_every  # an evaluation due at the stop step still runs (and is saved)
-        self.check_every = check_every  # None: trainer.log_every_n_steps
+        self.check_every = check_every  # None: min(trainer.log_every_n_steps, STOP_CHECK_EVERY)
         self.signum: Optional[int] = None  # the first stop signal received
         self.requeue_signum: Optional[int] = None  # SLURM's requeue signal, received and not yet acted on
         self.stopped_at: Optional[int] = None  # the optimizer step training stopped after
@@ -240,7 +243,7 @@ class GracefulStop(Callback):
         self._last_step = step = trainer.global_step
         stop, requeue = self.signum is not None, self.requeue_signum is not None
         if trainer.world_size > 1:
-            every = self.check_every or trainer.log_every_n_steps or 1
+            every = self.check_every or min(trainer.log_every_n_steps or 1, STOP_CHECK_EVERY)
             if step % every != 0 and not (0 < trainer.max_steps <= step):
                 return  # the flags wait for the next agreed step (the same on every rank)
             stop, requeue = agree_any(trainer.strategy.root_device, stop, requeue)
