@@ -100,7 +100,9 @@ def find_probe_resume(cfg: ProbeConfig, ckpt: str) -> tuple[Optional[str], Optio
         if cfg.ckpt is None and Path(saved).exists():
             ckpt = saved  # the newest last.ckpt may be a later training run's
         else:
-            print(f"warning: resuming a probe run of the backbone {saved} with the backbone {ckpt}", file=sys.stderr)
+            from igsm.faults import warn_once
+
+            warn_once(f"warning: resuming a probe run of the backbone {saved} with the backbone {ckpt}")
     return path, version, ckpt
 
 

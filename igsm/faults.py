@@ -116,7 +116,7 @@ def find_resume_checkpoint(ckpt_path: Optional[str], run_root: Path, *, probe: b
                 try:
                     read_checkpoint(path, resume=True, probe=probe)
                 except CheckpointError as e:
-                    print(f"warning: ckpt_path='last' skips {path}: {str(e).split(': ', 1)[1]}", file=sys.stderr)
+                    warn_once(f"warning: ckpt_path='last' skips {path}: {str(e).split(': ', 1)[1]}")
                     skipped.append(path)
                     continue
                 return str(path), version
@@ -147,8 +147,24 @@ def warn_changed_settings(new: dict, old: dict, may_change: set[str]) -> None:
     old, new = _flat(old or {}), _flat(new)
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in may_change)
     if changed:
-        print("warning: resuming with settings that differ from the checkpoint's run: "
-              + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed), file=sys.stderr)
+        warn_once("warning: resuming with settings that differ from the checkpoint's run: "
+                  + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed))
+
+
+def launch_rank() -> int:
+    """This process's global rank as its launcher set it (Lightning's DDP children, torchrun, SLURM),
+    before any process group exists; 0 for the process a user started."""
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):  # Lightning's order: LOCAL_RANK before SLURM_PROCID
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+
+def warn_once(message: str) -> None:
+    """``message`` on stderr from rank 0 only: every rank of a DDP run reads the same checkpoint and
+    config before training (a resume on another device count would otherwise warn once per rank)."""
+    if launch_rank() == 0:
+        print(message, file=sys.stderr)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -355,4 +371,4 @@ def decode_in_chunks(decode: Callable[[list], list], prompts: list, chunk: int,
 
 __all__ = ["CheckpointError", "read_checkpoint", "find_resume_checkpoint", "version_folders", "resume_args",
            "warn_changed_settings", "GracefulStop", "hang", "NonFiniteError", "decode_in_chunks",
-           "agree_any", "save_hpc_checkpoint_and_requeue"]
+           "agree_any", "save_hpc_checkpoint_and_requeue", "launch_rank", "warn_once"]

@@ -30,7 +30,7 @@ def test_smoke_runs_every_step_on_cpu(repo_root, subprocess_env, tmp_path) -> No
     env = dict(subprocess_env, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "scripts/device_check.py", "--smoke", "--out", str(out),
                            "--logs", str(tmp_path / "logs")], cwd=repo_root, env=env, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=1200)  # ~80 CPU seconds; wall time as the machine's load allows
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     steps = {s["step"]: s for s in report["steps"]}
@@ -49,6 +49,21 @@ def test_smoke_runs_every_step_on_cpu(repo_root, subprocess_env, tmp_path) -> No
     assert {"eval/op<=6/accuracy", "eval/op=7/accuracy", "eval/op=10/accuracy"} <= set(e)
     assert {"probe/nece/acc", "probe/nece/random_init_acc", "probe/can_next/majority_acc"} <= set(e)
     assert "all steps ok" in proc.stdout and "e small: train + eval + probe" in proc.stdout  # the table
+
+
+def test_the_new_options_run_on_cuda_and_rehearse_on_cpu(device_check, tmp_path) -> None:
+    """Step f runs tests/test_cuda_levers.py: its gpu tests on a GPU (and step a leaves them to it),
+    their CPU twins in the smoke; step c decodes a Canon model with partial RoPE beside the plain one."""
+    for smoke, marker in ((False, "gpu"), (True, "not gpu")):
+        steps = {s.key: s for s in device_check.build_steps(smoke, tmp_path)}
+        assert list(steps) == list(device_check.ALL_STEPS)
+        (command,) = steps["f"].commands
+        assert command[-3:] == ["-m", marker, "tests/test_cuda_levers.py"]
+        assert "--ignore=tests/test_cuda_levers.py" in steps["a"].commands[0]
+        plain, canon = steps["c"].commands
+        assert canon[:len(plain)] == plain and canon[len(plain):] == ["--canon", "ABCD", "--rope-dim", "16"]
+    caps = device_check.build_steps(False, tmp_path)
+    assert sum(s.cap_s for s in caps) <= device_check.BUDGET_S  # the whole check fits its 8 minutes
 
 
 def test_a_missing_package_names_its_wheel(device_check) -> None:

@@ -11,7 +11,8 @@ import torch
 
 import probe
 from igsm.cli_config import config_to_dict, load_config
-from igsm.config import ProbeConfig, TrainConfig
+from igsm.config import ModelConfig, ProbeConfig, TrainConfig
+from igsm.model import GPT
 
 FAST = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=128", "data.context=128",
         "data.batch_size=2", "data.num_workers=0", "trainer.accelerator=cpu", "trainer.devices=1",
@@ -253,3 +254,68 @@ def test_a_ddp_training_step_has_no_barrier_and_one_host_sync_of_ours(slurm_ddp_
             assert list(ours) == ["all_reduce@ours:igsm/lit.py", "host_sync@ours:igsm/lit.py"], w
             assert ours["host_sync@ours:igsm/lit.py"] == 1, w
             assert not any(k.startswith("host_sync@ddp.py") for k in w), w  # no bool() of a stop decision
+
+
+# -- the probe's per-step host syncs, and warnings of a resume on another device count --------------
+
+def test_label_counts_take_no_bincount_and_no_host_read(monkeypatch) -> None:
+    """The majority control's label histogram without torch.bincount (whose output size depends on
+    the largest label: a host sync on CUDA) and without reading a value back. Fails with bincount."""
+    from probing.vprobe import ClassCounts
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a host read")
+
+    monkeypatch.setattr(torch, "bincount", refuse)
+    counts = ClassCounts(3)
+    label = torch.tensor([0, 2, 2, 1, 2, 0])
+    with monkeypatch.context() as m:
+        for name in ("item", "tolist", "__bool__"):
+            m.setattr(torch.Tensor, name, refuse)
+        counts.update(label)
+        counts.update(label[:2])
+    assert counts.counts.tolist() == [3, 1, 4]
+
+
+def test_length_chunks_read_the_ends_before_the_batch_leaves_the_host(monkeypatch) -> None:
+    """With length_chunks > 1 the chunks' lengths come from ``end_host``, the ends read on the CPU
+    before Lightning moves the batch (on_before_batch_transfer): the same logits as reading them
+    from the tensor, and no host read in the step. Fails when logits() reads ``end`` itself."""
+    from probing.vprobe import VProbe, chunk_lengths
+
+    torch.manual_seed(0)
+    gpt = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=64), 50)
+    module = VProbe(gpt, ["nece"], control="none", length_chunks=3)
+    end = torch.tensor([5, 20, 7, 7, 31, 12, 3, 20])
+    idx = torch.randint(0, 50, (8, 32))
+    batch = module.on_before_batch_transfer({"nece": {"idx": idx, "end": end, "label": end % 2}}, 0)
+    assert batch["nece"]["end_host"] == end.tolist()
+    expected = module.logits("trained", "nece", idx, end)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a host read")
+
+    with monkeypatch.context() as m:
+        m.setattr(torch.Tensor, "tolist", refuse)
+        got = module.logits("trained", "nece", idx, end, batch["nece"]["end_host"])
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+    for n in range(1, 12):  # tensor_split's chunk maxima, ties included
+        ends = torch.randint(0, 6, (n,))
+        for k in range(1, n + 1):
+            chunks = torch.tensor_split(torch.sort(ends).values, k)
+            assert chunk_lengths(ends.tolist(), k) == [int(c.max()) + 1 for c in chunks]
+
+
+@pytest.mark.parametrize("rank, warned", [("0", True), ("1", False)])
+def test_a_resume_with_changed_settings_warns_on_rank_zero_only(monkeypatch, capsys, rank, warned) -> None:
+    """Every DDP rank reads the checkpoint and config before training starts; a probe or training
+    run resumed on another device count names the change once (rank 0), not once per rank."""
+    from igsm.faults import warn_changed_settings
+
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("LOCAL_RANK", rank)
+    warn_changed_settings({"trainer": {"devices": 4}}, {"trainer": {"devices": 2}}, set())
+    err = capsys.readouterr().err
+    assert ("trainer.devices: 2 -> 4" in err) == warned and err.count("\n") == int(warned)
