@@ -279,10 +279,26 @@ class GPTLitModule(L.LightningModule):
         """Resume with the AdamW kernel of this run's device, not of the device that wrote the
         checkpoint: torch's ``load_state_dict`` restores each group's ``fused`` flag too, so a CPU
         checkpoint resumed on CUDA would otherwise step unfused (and a CUDA one fused on CPU).
-        Also restores the count of skipped non-finite steps (optim.max_nonfinite_skips)."""
+        Also restores the count of skipped non-finite steps (optim.max_nonfinite_skips).
+
+        A checkpoint written by another torch version: torch's ``load_state_dict`` replaces each
+        parameter group by the saved one, and MuonAdamW's inner Muon and AdamW never see the
+        ``__setstate__`` that would fill in the hyper-parameters an older torch did not save (AdamW's
+        ``decoupled_weight_decay`` came with torch 2.7): a KeyError at the first step. Missing keys
+        take this torch's defaults (a fresh optimizer's, group by group); keys this torch does not
+        know are left for it to ignore. Parameter tensors and state (moments, Muon's momentum
+        buffers) are plain tensors and load as they are."""
         self.nonfinite_skips = checkpoint.get("nonfinite_skips", 0)
         fused = self._use_fused_adamw(self.trainer.strategy.root_device if self._trainer is not None else self.device)
-        for state in checkpoint.get("optimizer_states", []):
+        saved_states = checkpoint.get("optimizer_states", [])
+        if saved_states:
+            o = self.cfg.optim
+            fresh = build_optimizer(self.model, param_groups(self.model, o.weight_decay), o, fused=None)
+            fresh = fresh.state_dict()["param_groups"]  # the groups as this torch saves them
+            for group, default in zip(saved_states[0].get("param_groups", []), fresh):
+                for key, value in default.items():
+                    group.setdefault(key, value)
+        for state in saved_states:
             for group in state.get("param_groups", []):
                 if "fused" in group:
                     group["fused"] = fused

@@ -319,3 +319,33 @@ def test_a_resume_with_changed_settings_warns_on_rank_zero_only(monkeypatch, cap
     warn_changed_settings({"trainer": {"devices": 4}}, {"trainer": {"devices": 2}}, set())
     err = capsys.readouterr().err
     assert ("trainer.devices: 2 -> 4" in err) == warned and err.count("\n") == int(warned)
+
+
+# -- a Muon checkpoint from another torch version ---------------------------------------------------------
+
+def test_a_muon_checkpoint_of_another_torch_version_resumes(tmp_path) -> None:
+    """A checkpoint as another torch writes it: its param groups lack hyper-parameters this torch's
+    Muon and AdamW read (an older torch: AdamW's decoupled_weight_decay came with 2.7) and hold one
+    it does not know (a newer torch). Resuming fills the missing ones with this torch's defaults and
+    steps on. Fails without: torch's load_state_dict replaces the groups, and MuonAdamW's inner
+    optimizers then miss the keys (a KeyError at the first step)."""
+    import train
+
+    common = FAST + ["model.n_head=2", "optim.name=muon", "eval.final=false", "trainer.checkpoint_every=2",
+                     "trainer.enable_progress_bar=false", "trainer.precision=32-true", f"log_root={tmp_path}",
+                     "name=m"]
+    assert train.main(common + ["trainer.max_steps=2"]) == 0
+    last = tmp_path / "m" / "version_0" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    groups = ckpt["optimizer_states"][0]["param_groups"]
+    assert "muon" in {g["name"] for g in groups} and len(groups) >= 2  # Muon and AdamW groups
+    for group in groups:
+        for key in ("decoupled_weight_decay", "amsgrad", "adjust_lr_fn", "ns_coefficients", "nesterov"):
+            group.pop(key, None)
+        group["a_key_of_a_newer_torch"] = 1
+    torch.save(ckpt, last)
+    assert train.main(common + ["trainer.max_steps=4", "ckpt_path=last"]) == 0
+    resumed = torch.load(last, map_location="cpu", weights_only=False)
+    assert resumed["global_step"] == 4
+    muon = next(g for g in resumed["optimizer_states"][0]["param_groups"] if g["name"] == "muon")
+    assert muon["nesterov"] is True and "adjust_lr_fn" in muon  # this torch's defaults
