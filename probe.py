@@ -100,7 +100,9 @@ def find_probe_resume(cfg: ProbeConfig, ckpt: str) -> tuple[Optional[str], Optio
         if cfg.ckpt is None and Path(saved).exists():
             ckpt = saved  # the newest last.ckpt may be a later training run's
         else:
-            print(f"warning: resuming a probe run of the backbone {saved} with the backbone {ckpt}", file=sys.stderr)
+            from igsm.faults import warn_once
+
+            warn_once(f"warning: resuming a probe run of the backbone {saved} with the backbone {ckpt}")
     return path, version, ckpt
 
 
@@ -170,10 +172,12 @@ def build_controls(cfg: ProbeConfig, backbone, gen_cfg, datamodule) -> tuple[Opt
     """
     import torch
 
+    from igsm.trainer import resolve_precision
     from probing.controls import finetune_positive, solved_flags
 
     p = cfg.probe
-    bf16 = str(cfg.trainer.precision).startswith("bf16")
+    # The precision the probes train with (null = auto, as in train.py): the controls follow it.
+    bf16 = resolve_precision(cfg.trainer).startswith("bf16")
     device = "cpu"
     if cfg.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         # under DDP every rank runs this on its own GPU (same seed: the same copies, up to GPU nondeterminism)

@@ -48,6 +48,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16-autocast", "bf16", "fp32"],
                    help="auto = bf16-autocast on CUDA, fp32 on CPU; bf16 casts the weights themselves")
     p.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up; the best is reported")
+    p.add_argument("--canon", default="", help="Canon layers (model.canon, e.g. ABCD; default none)")
+    p.add_argument("--rope-dim", type=int, default=None, help="dims of each head RoPE rotates (default all)")
     return p.parse_args()
 
 
@@ -58,7 +60,8 @@ def main() -> None:
 
     lo, _, hi = str(args.prompt_len).partition("-")
     lo, hi = int(lo), int(hi or lo)
-    cfg = ModelConfig(n_layer=args.n_layer, n_head=args.n_head, block_size=max(2048, hi + args.new_tokens))
+    cfg = ModelConfig(n_layer=args.n_layer, n_head=args.n_head, block_size=max(2048, hi + args.new_tokens),
+                      canon=args.canon, rope_dim=args.rope_dim)
     model = GPT(cfg, args.vocab).to(device).eval()
     if dtype == "bf16":
         model = model.to(torch.bfloat16)
@@ -82,8 +85,10 @@ def main() -> None:
     if shrunk:
         print(f"CPU run: shrunk {', '.join(k.replace('_', '-') for k in shrunk)} to a tiny setting "
               f"(pass them explicitly to override); GPU defaults are {GPU_DEFAULTS}")
+    levers = (f", canon {args.canon}" if args.canon else "") + \
+        (f", rope_dim {args.rope_dim}" if args.rope_dim is not None else "")
     print(f"model GPT2-{cfg.n_layer}-{cfg.n_head} (d={cfg.d_model}, {model.num_params() / 1e6:.1f}M params, "
-          f"vocab {args.vocab}) on {device}, {dtype}; batch {args.batch}, prompts of {args.prompt_len} tokens, "
+          f"vocab {args.vocab}{levers}) on {device}, {dtype}; batch {args.batch}, prompts of {args.prompt_len} tokens, "
           f"new tokens {args.new_tokens}")
 
     run()  # warm-up: allocator, kernels, autotuning

@@ -6,7 +6,8 @@ What each piece is for (docs/faults.md, "When things go wrong", tells users):
   (truncated, not a torch file, not a ``train.py`` checkpoint) instead of a long traceback;
   :func:`find_resume_checkpoint` picks the checkpoint ``ckpt_path=last`` resumes (train.py and probe.py).
 - :class:`GracefulStop` turns SIGTERM / SIGINT (Ctrl-C) during training into "finish this optimizer
-  step, save ``last.ckpt``, exit"; a second signal exits at once.
+  step, save ``last.ckpt``, exit"; a second signal exits at once. Under SLURM auto-requeue it also
+  moves Lightning's hpc checkpoint + requeue from its signal handler to a step boundary.
 - :class:`NonFiniteError` ends a run whose loss or gradient norm is not finite
   (``optim.on_nonfinite``), naming the step.
 
@@ -104,7 +105,7 @@ def find_resume_checkpoint(ckpt_path: Optional[str], run_root: Path, *, probe: b
                 try:
                     read_checkpoint(path, resume=True, probe=probe)
                 except CheckpointError as e:
-                    print(f"warning: ckpt_path='last' skips {path}: {str(e).split(': ', 1)[1]}", file=sys.stderr)
+                    warn_once(f"warning: ckpt_path='last' skips {path}: {str(e).split(': ', 1)[1]}")
                     skipped.append(path)
                     continue
                 return str(path), version
@@ -135,8 +136,24 @@ def warn_changed_settings(new: dict, old: dict, may_change: set[str]) -> None:
     old, new = _flat(old or {}), _flat(new)
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in may_change)
     if changed:
-        print("warning: resuming with settings that differ from the checkpoint's run: "
-              + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed), file=sys.stderr)
+        warn_once("warning: resuming with settings that differ from the checkpoint's run: "
+                  + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed))
+
+
+def launch_rank() -> int:
+    """This process's global rank as its launcher set it (Lightning's DDP children, torchrun, SLURM),
+    before any process group exists; 0 for the process a user started."""
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):  # Lightning's order: LOCAL_RANK before SLURM_PROCID
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+
+def warn_once(message: str) -> None:
+    """``message`` on stderr from rank 0 only: every rank of a DDP run reads the same checkpoint and
+    config before training (a resume on another device count would otherwise warn once per rank)."""
+    if launch_rank() == 0:
+        print(message, file=sys.stderr)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -153,32 +170,53 @@ def resume_args(argv: list[str], *extra: str) -> list[str]:
 
 # -- preemption: SIGTERM / SIGINT ----------------------------------------------------------------
 
+STOP_CHECK_EVERY = 10  # under DDP, the most optimizer steps between two agreements on the signal flags
+
+
 class GracefulStop(Callback):
     """On SIGTERM or SIGINT during training: finish the current optimizer step, stop, and let the
     checkpoint callback write ``last.ckpt`` (it does so when training ends). A second signal exits
     at once with status 128 + signal number, leaving the checkpoints already on disk as they are.
 
-    Under SLURM with auto-requeue Lightning owns SIGTERM (it saves ``hpc_ckpt_*.ckpt`` on SIGUSR1 and
-    then ignores SIGTERM), so only SIGINT is taken there. Under DDP the decision is agreed by all
-    ranks at each optimizer step (one small all-reduce, next to the one Lightning makes for SIGTERM).
+    Under SLURM with auto-requeue, SLURM's time-limit warning (``--signal=SIGUSR1@<s>``) writes
+    ``hpc_ckpt_<k>.ckpt`` and requeues the job, as Lightning does, but at a step boundary: Lightning
+    saves from inside its signal handler, wherever each rank happens to be, and the collectives of
+    that save (a barrier, the probe's label-count sum) then pair with another rank's token-share,
+    gradient or stop collectives (a hang, or wrong sums), and the checkpoint's counts and step
+    disagree (it is taken mid-step). Here every handler only sets a flag. Lightning keeps SIGTERM
+    there (it ignores it after a requeue); its handler's broadcast is replaced by the flag alone.
+
+    Under DDP the ranks agree on the flags at the end of every ``check_every``-th optimizer step
+    (default: every ``trainer.log_every_n_steps``-th, whose steps Lightning syncs anyway, or every
+    ``STOP_CHECK_EVERY``-th if that is more often) and of the last one: one all-reduce of two
+    integers and one host read, with no barrier; between those steps the check costs nothing.
+    Every rank stops (or saves) after the same step. One process checks every step (no collective).
     """
 
-    def __init__(self, eval_every: Optional[int] = None) -> None:
+    def __init__(self, eval_every: Optional[int] = None, check_every: Optional[int] = None) -> None:
         self.eval_every = eval_every  # an evaluation due at the stop step still runs (and is saved)
-        self.signum: Optional[int] = None  # the first signal received
+        self.check_every = check_every  # None: min(trainer.log_every_n_steps, STOP_CHECK_EVERY)
+        self.signum: Optional[int] = None  # the first stop signal received
+        self.requeue_signum: Optional[int] = None  # SLURM's requeue signal, received and not yet acted on
         self.stopped_at: Optional[int] = None  # the optimizer step training stopped after
+        self.requeued_at: list[int] = []  # the steps after which an hpc_ckpt was written
         self._previous: dict[int, Any] = {}
         self._last_step = -1
+        self._trainer: Optional[L.Trainer] = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._trainer = trainer
         self._last_step = trainer.global_step
-        signals = [signal.SIGINT]
+        handlers = {signal.SIGINT: self._handle}
         env = trainer._accelerator_connector.cluster_environment
-        if not getattr(env, "auto_requeue", False) or type(env).__name__ != "SLURMEnvironment":
-            signals.append(signal.SIGTERM)
-        for signum in signals:
+        if getattr(env, "auto_requeue", False) and type(env).__name__ == "SLURMEnvironment":
+            handlers[getattr(env, "requeue_signal", None) or signal.SIGUSR1] = self._handle_requeue
+            handlers[signal.SIGTERM] = self._handle_sigterm_after_requeue
+        else:
+            handlers[signal.SIGTERM] = self._handle
+        for signum, handler in handlers.items():
             self._previous[signum] = signal.getsignal(signum)
-            signal.signal(signum, self._handle)
+            signal.signal(signum, handler)
 
     def _handle(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
@@ -189,19 +227,37 @@ class GracefulStop(Callback):
         print(f"\n{name} received: stopping after this optimizer step and saving a checkpoint "
               f"({name} again exits at once)", file=sys.stderr, flush=True)
 
+    def _handle_requeue(self, signum: int, frame: Any) -> None:
+        self.requeue_signum = signum
+        print(f"\n{signal.Signals(signum).name} received: saving an hpc checkpoint and requeueing the job at the "
+              "next agreed step boundary", file=sys.stderr, flush=True)
+
+    def _handle_sigterm_after_requeue(self, signum: int, frame: Any) -> None:
+        """Lightning's SIGTERM notifier without its broadcast: Lightning reads the flag at its own
+        batch boundaries (and broadcasts rank 0's there, at the same point on every rank)."""
+        if self._trainer is not None:
+            self._trainer._signal_connector.received_sigterm = True
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if trainer.global_step == self._last_step:  # inside an accumulation: not a step boundary
             return
-        self._last_step = trainer.global_step
-        stop = self.signum is not None
+        self._last_step = step = trainer.global_step
+        stop, requeue = self.signum is not None, self.requeue_signum is not None
         if trainer.world_size > 1:
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+            every = self.check_every or min(trainer.log_every_n_steps or 1, STOP_CHECK_EVERY)
+            if step % every != 0 and not (0 < trainer.max_steps <= step):
+                return  # the flags wait for the next agreed step (the same on every rank)
+            stop, requeue = agree_any(trainer.strategy.root_device, stop, requeue)
+        if requeue:
+            self.requeue_signum = None
+            self.requeued_at.append(step)
+            save_hpc_checkpoint_and_requeue(trainer)
         if stop:
             self.signum = self.signum or signal.SIGTERM
-            self.stopped_at = trainer.global_step
+            self.stopped_at = step
             trainer.should_stop = True
-            if not (self.eval_every and trainer.global_step % self.eval_every == 0):
+            if not (self.eval_every and step % self.eval_every == 0):
                 # Lightning evaluates when a run stops early; a preempted run has no time for that.
                 trainer.fit_loop.epoch_loop._skip_next_val = True
                 save = getattr(trainer.checkpoint_callback, "save_on_stop", None)  # igsm.trainer.RunCheckpoint
@@ -215,6 +271,25 @@ class GracefulStop(Callback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+        self._trainer = None
+
+
+def agree_any(device: torch.device, *flags: bool) -> tuple[bool, ...]:
+    """Each flag, true if it is true on any rank: one all-reduce (no barrier) and one host read.
+    Every rank must call it at the same point of its code."""
+    import torch.distributed as dist
+
+    votes = torch.tensor([int(f) for f in flags], dtype=torch.int32, device=device)
+    dist.all_reduce(votes)  # sum
+    return tuple(v > 0 for v in votes.tolist())
+
+
+def save_hpc_checkpoint_and_requeue(trainer: L.Trainer) -> None:
+    """What Lightning does on SLURM's requeue signal (flush the loggers, write
+    ``hpc_ckpt_<k>.ckpt`` into the run folder, ``scontrol requeue`` from rank 0), called by every
+    rank at the same step boundary instead of from inside the signal handler."""
+    env = trainer._accelerator_connector.cluster_environment
+    trainer._signal_connector._slurm_sigusr_handler_fn(getattr(env, "requeue_signal", None) or signal.SIGUSR1, None)
 
 
 # -- divergence ------------------------------------------------------------------------------------
@@ -229,4 +304,5 @@ class NonFiniteError(RuntimeError):
 
 
 __all__ = ["CheckpointError", "read_checkpoint", "find_resume_checkpoint", "version_folders", "resume_args",
-           "warn_changed_settings", "GracefulStop", "NonFiniteError"]
+           "warn_changed_settings", "GracefulStop", "NonFiniteError", "agree_any",
+           "save_hpc_checkpoint_and_requeue", "launch_rank", "warn_once"]

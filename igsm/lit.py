@@ -235,9 +235,11 @@ class GPTLitModule(L.LightningModule):
         Each rank's loss is a mean over its own tokens and DDP averages the ranks' gradients, so
         without this weight a token of a rank with few loss tokens (short solutions, whole-problem
         masking) would count more than one of a rank with many; the process layout would change the
-        training. One scalar all-reduce, no host sync; not called in one process."""
+        training. One scalar all-reduce, without a barrier (Lightning's ``strategy.reduce`` puts
+        one before it) and without a host sync; not called in one process."""
         local = (targets != -100).sum().float()  # []
-        total = self.trainer.strategy.reduce(local.clone(), reduce_op="sum")  # [] the same on every rank
+        total = local.clone()
+        torch.distributed.all_reduce(total)  # [] sum, the same on every rank
         return local * world / total.clamp(min=1)
 
     # -- optimizer, schedule, clipping -----------------------------------------------------------
@@ -272,10 +274,26 @@ class GPTLitModule(L.LightningModule):
         """Resume with the AdamW kernel of this run's device, not of the device that wrote the
         checkpoint: torch's ``load_state_dict`` restores each group's ``fused`` flag too, so a CPU
         checkpoint resumed on CUDA would otherwise step unfused (and a CUDA one fused on CPU).
-        Also restores the count of skipped non-finite steps (optim.max_nonfinite_skips)."""
+        Also restores the count of skipped non-finite steps (optim.max_nonfinite_skips).
+
+        A checkpoint written by another torch version: torch's ``load_state_dict`` replaces each
+        parameter group by the saved one, and MuonAdamW's inner Muon and AdamW never see the
+        ``__setstate__`` that would fill in the hyper-parameters an older torch did not save (AdamW's
+        ``decoupled_weight_decay`` came with torch 2.7): a KeyError at the first step. Missing keys
+        take this torch's defaults (a fresh optimizer's, group by group); keys this torch does not
+        know are left for it to ignore. Parameter tensors and state (moments, Muon's momentum
+        buffers) are plain tensors and load as they are."""
         self.nonfinite_skips = checkpoint.get("nonfinite_skips", 0)
         fused = self._use_fused_adamw(self.trainer.strategy.root_device if self._trainer is not None else self.device)
-        for state in checkpoint.get("optimizer_states", []):
+        saved_states = checkpoint.get("optimizer_states", [])
+        if saved_states:
+            o = self.cfg.optim
+            fresh = build_optimizer(self.model, param_groups(self.model, o.weight_decay), o, fused=None)
+            fresh = fresh.state_dict()["param_groups"]  # the groups as this torch saves them
+            for group, default in zip(saved_states[0].get("param_groups", []), fresh):
+                for key, value in default.items():
+                    group.setdefault(key, value)
+        for state in saved_states:
             for group in state.get("param_groups", []):
                 if "fused" in group:
                     group["fused"] = fused
@@ -286,7 +304,10 @@ class GPTLitModule(L.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip the global gradient norm to ``optim.grad_clip`` and log the norm before clipping.
-        Lightning calls this after unscaling and after DDP's gradient all-reduce."""
+        Lightning calls this after DDP's gradient all-reduce. Under 16-mixed the gradients are
+        unscaled first: Lightning leaves that to optimizers that unscale inside their step (fused
+        AdamW), and clipping scaled gradients would clip nothing (the norm is x the loss scale)."""
+        unscale_for_clipping(self.trainer.precision_plugin if self._trainer is not None else None, optimizer)
         max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip is not None else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         self.log("train/grad_norm", norm)
@@ -433,6 +454,19 @@ class GPTLitModule(L.LightningModule):
                          f"**generated**:\n\n    {a.solution}\n\n**answer** {a.answer} (expected {a.problem.answer}): "
                          f"{verdict}")
         experiment.add_text(f"eval/{self.buckets[bucket].label}/examples", "\n\n---\n\n".join(parts), self.global_step)
+
+
+def unscale_for_clipping(precision_plugin: Any, optimizer: torch.optim.Optimizer) -> None:
+    """Unscale the gradients of a float16 run (a GradScaler) whose optimizer unscales inside its own
+    step (``_step_supports_amp_scaling``: fused AdamW), which Lightning does not unscale before
+    clipping. The scaler remembers it: its step then passes no scale to the optimizer."""
+    scaler = getattr(precision_plugin, "scaler", None)
+    if scaler is None or not getattr(optimizer, "_step_supports_amp_scaling", False):
+        return  # no scaler, or Lightning has unscaled already
+    from torch.amp.grad_scaler import OptState
+
+    if scaler._per_optimizer_states[id(optimizer)]["stage"] is OptState.READY:
+        scaler.unscale_(optimizer)
 
 
 def uniform_letter_loss(logits: torch.Tensor, targets: torch.Tensor, letter_used: torch.Tensor,

@@ -337,13 +337,22 @@ def cpu_has_native_bf16() -> bool:
     return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
 
 
+def gpu_has_bf16_tensor_cores() -> bool:
+    """Whether the first visible CUDA GPU computes bf16 on tensor cores (compute capability 8.0 or
+    more: A100, H100, H200, RTX 30xx and later). Not ``torch.cuda.is_bf16_supported()``, which by
+    default also says yes where bf16 is only emulated (V100, T4), at a fraction of fp16's speed."""
+    return torch.cuda.is_available() and torch.cuda.get_device_capability(0) >= (8, 0)
+
+
 def resolve_precision(cfg: TrainerConfig) -> str:
-    """``trainer.precision``, or when null (auto): bf16-mixed on a GPU; on a CPU bf16-mixed where
-    it has native bf16 (AVX512-BF16 or AMX: 1.38x the tokens/s of fp32 with AMX), else 32-true."""
+    """``trainer.precision``, or when null (auto): on a GPU bf16-mixed where it has bf16 tensor
+    cores (compute capability >= 8.0), else 16-mixed (fp16 tensor cores with a loss scaler: V100,
+    T4); on a CPU bf16-mixed where it has native bf16 (AVX512-BF16 or AMX: 1.38x the tokens/s of
+    fp32 with AMX), else 32-true. train.py and probe.py both resolve it here."""
     if cfg.precision is not None:
         return cfg.precision
     if wants_gpu(cfg):
-        return "bf16-mixed"
+        return "bf16-mixed" if gpu_has_bf16_tensor_cores() else "16-mixed"
     return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
 
 
@@ -392,5 +401,5 @@ def git_commit(repo: Path) -> Optional[str]:
 
 
 __all__ = ["build_trainer", "destroy_process_group", "resolve_strategy", "resolve_precision", "cpu_has_native_bf16",
-           "wants_gpu", "atomic_write", "AtomicCheckpointIO", "RunCheckpoint", "RunInfoWriter", "run_info",
-           "git_commit"]
+           "gpu_has_bf16_tensor_cores", "wants_gpu", "atomic_write", "AtomicCheckpointIO", "RunCheckpoint",
+           "RunInfoWriter", "run_info", "git_commit"]

@@ -109,7 +109,9 @@ class ClassCounts(torchmetrics.Metric):
         self.add_state("counts", torch.zeros(n_classes, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, label: Tensor) -> None:
-        self.counts += torch.bincount(label, minlength=self.counts.numel())[: self.counts.numel()]
+        # Not torch.bincount: its output size depends on the largest label, a host sync on CUDA.
+        classes = torch.arange(self.counts.numel(), device=label.device)  # [C]
+        self.counts += (label[:, None] == classes).sum(0)  # [B, C] -> [C]
 
     def compute(self) -> Tensor:
         return self.counts
@@ -330,20 +332,22 @@ class VProbe(pl.LightningModule):
                 out.append(bb.blocks[l].ln_1(h.detach() if detach_lower else h))
         return out
 
-    def logits(self, backbone: str, task: str, idx: Tensor, end: Tensor) -> list[Tensor]:
+    def logits(self, backbone: str, task: str, idx: Tensor, end: Tensor,
+               end_host: Optional[list[int]] = None) -> list[Tensor]:
         """Per head layer, the class logits [B, C].
 
         With ``length_chunks > 1`` the rows are sorted by length and run in that many chunks, each
         cut to its own longest row: the same result with less padding (probe inputs vary a lot in
-        length; worth it on CPU, where a smaller matmul costs proportionally less).
+        length; worth it on CPU, where a smaller matmul costs proportionally less). The chunks'
+        lengths come from ``end_host`` (``end`` as a list, read before the batch went to the GPU:
+        :meth:`on_before_batch_transfer`), else from one device-to-host copy of ``end``.
         """
         k = min(self.length_chunks, idx.shape[0])
         if k <= 1:
             return self._logits(backbone, task, idx, end)
         order = torch.argsort(end)
         chunks = torch.tensor_split(order, k)
-        # every chunk's length in one device-to-host copy (one sync per call, not one per chunk)
-        lengths = (torch.stack([end[rows].max() for rows in chunks]) + 1).tolist()
+        lengths = chunk_lengths(end.tolist() if end_host is None else end_host, k)
         parts = []
         for rows, T in zip(chunks, lengths):
             parts.append(self._logits(backbone, task, idx[rows, :T], end[rows]))
@@ -363,6 +367,18 @@ class VProbe(pl.LightningModule):
 
     # -- training ------------------------------------------------------------------------------
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Each pair batch's ``end`` also as a list (``end_host``), read on the CPU before Lightning
+        moves the batch to the GPU: the length chunks need it on the host (:meth:`logits`), and
+        reading it from the GPU would be a host sync per step."""
+        if isinstance(batch, dict) and torch.is_tensor(batch.get("end")):
+            return {**batch, "end_host": batch["end"].tolist()}
+        if isinstance(batch, dict):
+            return {k: self.on_before_batch_transfer(v, dataloader_idx) for k, v in batch.items()}
+        if isinstance(batch, (tuple, list)):
+            return type(batch)(self.on_before_batch_transfer(v, dataloader_idx) for v in batch)
+        return batch
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         if isinstance(batch, (tuple, list)):  # CombinedLoader may hand (batch, idx, dataloader_idx)
             batch = batch[0]
@@ -374,7 +390,7 @@ class VProbe(pl.LightningModule):
                 continue
             self.train_counts[task].update(b["label"])
             for name in self.backbone_names:
-                per_layer = self.logits(name, task, b["idx"], b["end"])
+                per_layer = self.logits(name, task, b["idx"], b["end"], b.get("end_host"))
                 losses = [F.cross_entropy(lg.float(), b["label"]) for lg in per_layer]
                 total = total + sum(losses)
                 tag = f"probe/{task}" + ("" if name == "trained" else f"/{name}")
@@ -430,7 +446,8 @@ class VProbe(pl.LightningModule):
         label, dist = batch["label"], batch["dist"]
         solved = batch.get("solved")
         for name in self.backbone_names:
-            preds = torch.stack([lg.argmax(-1) for lg in self.logits(name, task, batch["idx"], batch["end"])])
+            logits = self.logits(name, task, batch["idx"], batch["end"], batch.get("end_host"))
+            preds = torch.stack([lg.argmax(-1) for lg in logits])
             self.test_acc[self.key(name, task)].update(preds, label, dist)
             self._update_solved(name, task, preds[-1:], label, dist, solved)
         constants = torch.arange(NUM_CLASSES[task], device=label.device)[:, None].expand(-1, len(label))  # [C, B]
@@ -547,6 +564,19 @@ class VProbe(pl.LightningModule):
                     scalars[f"{prefix}/{group}/acc"] = acc
             out[group] = sub
         return out
+
+
+def chunk_lengths(ends: list[int], k: int) -> list[int]:
+    """The length (longest ``end`` + 1) of each of the ``k`` chunks ``torch.tensor_split`` makes of
+    the rows sorted by ``end``: a chunk's longest row is its last, whatever order ties take."""
+    ordered = sorted(ends)
+    n, lengths, start = len(ordered), [], 0
+    for i in range(k):
+        size = n // k + (1 if i < n % k else 0)  # tensor_split's chunk sizes
+        start += size
+        lengths.append(ordered[start - 1] + 1)
+    return lengths
+
 
 
 __all__ = [

@@ -2,16 +2,20 @@
 
     python scripts/device_check.py                      # one CUDA GPU, at most 8 minutes, no internet
     python scripts/device_check.py --out $OUT/device_check.json
-    python scripts/device_check.py --smoke              # every step on CPU at toy sizes (< 2 minutes)
+    python scripts/device_check.py --smoke              # every step on CPU at toy sizes (a few minutes)
 
 Steps, each a child process with its own time cap (a slow step is killed, the others still run):
   a  pytest -m gpu         tests/test_cuda.py and any other gpu-marked test
   b  train throughput      benchmarks/train_throughput.py: GPT2-12-12, context 768, bf16, compile;
                            tokens/s and MFU of a plain loop, of Lightning, of Lightning + IGSMDataModule
-  c  decode throughput     benchmarks/decode_throughput.py: new tokens/s, GPT2-12-12, batch 256
+  c  decode throughput     benchmarks/decode_throughput.py: new tokens/s, GPT2-12-12, batch 256; then the
+                           same with Canon ABCD and RoPE on a quarter of each head, beside it
   d  probe throughput      benchmarks/probe_throughput.py: GPT2-12-12 on med problems, batch 256
   e  small recipe          train.py preset=small (stopped at its time cap if slower than planned),
                            its evaluation, then probe.py preset=probe_small on its checkpoint
+  f  new options           tests/test_cuda_levers.py: compile, cached decoding and resume with Canon ABCD,
+                           partial RoPE, Muon, retry data and the op mix; a probe run killed with SIGTERM
+                           and resumed with ckpt_path=last, trainer.precision null
 
 Writes ``device_check.json`` (``--out``) after every step: one object per step with ``ok``,
 ``seconds`` and ``figures``, and prints a table at the end. Needs only what igsm needs; a missing
@@ -37,6 +41,7 @@ from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_S = 480  # the whole check: 8 minutes
+ALL_STEPS = "abcdef"
 
 # (module that igsm or the check imports, the wheel that provides it): only modules some code of
 # igsm, probing, train.py, probe.py, benchmarks/ or this check imports (tests/test_device_check.py
@@ -140,11 +145,20 @@ def train_figures(out: str, step: Step) -> dict:
 
 
 def decode_figures(out: str, step: Step) -> dict:
+    """The plain model's new tokens/s, then (a second run, whose model line names canon) the Canon
+    model's beside it, and their ratio."""
     figs = {}
-    if m := _find(r"([\d,]+) new tokens/s", out):
-        figs["new_tokens_per_s"] = _number(m.group(1))
-    if m := _find(r"^model (GPT2-\S+) .*$", out):
-        figs["setting"] = m.group(0)
+    runs = re.split(r"^(?=model GPT2-)", out, flags=re.MULTILINE)
+    for run in runs:
+        m = _find(r"([\d,]+) new tokens/s", run)
+        setting = _find(r"^model (GPT2-\S+) .*$", run)
+        if not m or not setting:
+            continue
+        prefix = "canon_" if ", canon " in setting.group(0) else ""
+        figs[f"{prefix}new_tokens_per_s"] = _number(m.group(1))
+        figs[f"{prefix}setting"] = setting.group(0)
+    if figs.get("new_tokens_per_s") and "canon_new_tokens_per_s" in figs:
+        figs["canon_over_plain"] = round(figs["canon_new_tokens_per_s"] / figs["new_tokens_per_s"], 3)
     return figs
 
 
@@ -216,8 +230,11 @@ def build_steps(smoke: bool, logs: Path) -> list[Step]:
         probe_small = ["trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.max_steps=2",
                        "probe.batch_size=4", "probe.test_problems=2", "probe.draws=2", "probe.num_workers=0"]
         gpu_tests = ["tests/test_cuda.py"]  # all skip on CPU: collect only the one file
-        # Generous: what a smoke run must show is that every step still runs, on a CPU that may be shared.
-        caps = dict(a=120, b=150, c=60, d=60, e_train=150, e_probe=90)
+        # f: the CPU twins of the new options' tests (the gpu-marked ones skip); slow ones included
+        levers_tests = ["-m", "not gpu", "tests/test_cuda_levers.py"]
+        # Generous: what a smoke run must show is that every step still runs, on a CPU that may be shared
+        # (at a load of 8 on 2 cores, step a took 120 s of wall time for 9 CPU seconds).
+        caps = dict(a=240, b=300, c=180, d=120, e_train=300, e_probe=180, f=600)
     else:
         train_bench = ["--steps", "30", "--warmup", "10", "--batch-size", "64", "--repeats", "1", "--workers", "6",
                        "--data-batches", "8"]  # GPT2-12-12, context 768, bf16-mixed, compile: its CUDA setting
@@ -227,18 +244,24 @@ def build_steps(smoke: bool, logs: Path) -> list[Step]:
                        "--preset", "med", "--tokenizer", "gpt2", "--steps", "20", "--length-chunks", "1",
                        "--checkpoint-activations"]
         small, probe_small, gpu_tests = [], [], []
+        levers_tests = ["-m", "gpu", "tests/test_cuda_levers.py"]
         # a: compiles the test models; b: three compiles of GPT2-12-12 (the later ones mostly from inductor's
-        # cache); d: builds its med batches in one process first. e gets whatever a-d leave unused too.
-        caps = dict(a=100, b=130, c=30, d=45, e_train=105, e_probe=70)
+        # cache); c: two models; d: builds its med batches in one process first; f: compiles a Canon model,
+        # starts probe.py twice. e gets whatever a-d leave unused too. Estimates: no GPU has run them yet.
+        caps = dict(a=75, b=110, c=40, d=35, e_train=40, e_probe=60, f=120)
     quiet = ["trainer.enable_progress_bar=false"]
+    canon = ["--canon", "ABCD", "--rope-dim", str(64 // 4)]  # 64 dims per head: RoPE on a quarter
     ckpt = logs / "small" / "version_0" / "checkpoints" / "last.ckpt"
     return [
         Step("a", "pytest -m gpu", caps["a"],
-             [[py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *gpu_tests]],
+             [[py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *gpu_tests,
+               "--ignore=tests/test_cuda_levers.py"]],  # step f runs those
              pytest_figures,
              ok_if=lambda rcs, f: rcs[0] == 0 and f.get("failed", 0) == 0 and (smoke or f.get("passed", 0) > 0)),
         Step("b", "train throughput", caps["b"], [[py, "benchmarks/train_throughput.py", *train_bench]], train_figures),
-        Step("c", "decode throughput", caps["c"], [[py, "benchmarks/decode_throughput.py", *decode]], decode_figures),
+        Step("c", "decode throughput", caps["c"], [[py, "benchmarks/decode_throughput.py", *decode],
+                                                   [py, "benchmarks/decode_throughput.py", *decode, *canon]],
+             decode_figures),
         Step("d", "probe throughput", caps["d"], [[py, "benchmarks/probe_throughput.py", *probe_bench]], probe_figures),
         Step("e", "small: train + eval + probe", caps["e_train"] + caps["e_probe"], [
             [py, str(Path(__file__).resolve()), "--child-train", str(caps["e_probe"]), "--",
@@ -246,6 +269,10 @@ def build_steps(smoke: bool, logs: Path) -> list[Step]:
             [py, "probe.py", "preset=probe_small", f"ckpt={ckpt}", f"log_root={logs}", "name=small_probe", *quiet,
              *probe_small],
         ], small_figures(logs), takes_slack=True),
+        Step("f", "new options", caps["f"],
+             [[py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *levers_tests]],
+             pytest_figures,
+             ok_if=lambda rcs, f: rcs[0] == 0 and f.get("failed", 0) == 0 and f.get("passed", 0) > 0),
     ]
 
 
@@ -372,15 +399,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         return child_train(float(argv[1]), argv[3:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="every step on CPU at toy sizes (< 2 minutes)")
+    p.add_argument("--smoke", action="store_true", help="every step on CPU at toy sizes (a few minutes)")
     p.add_argument("--out", default="device_check.json", help="the JSON report (default device_check.json)")
     p.add_argument("--logs", default=None, help="run folders of step e (default logs/device_check_<time>)")
     p.add_argument("--wheels", default=str(ROOT / ".whl"), help="folder of pure-Python wheels put on the path")
-    p.add_argument("--steps", default="abcde", help="which steps to run (default abcde)")
+    p.add_argument("--steps", default=ALL_STEPS, help=f"which steps to run (default {ALL_STEPS})")
     args = p.parse_args(argv)
-    bad = set(args.steps) - set("abcde")
+    bad = set(args.steps) - set(ALL_STEPS)
     if bad or not args.steps:
-        print(f"device_check: --steps={args.steps!r} is not allowed: letters from 'abcde'", file=sys.stderr)
+        print(f"device_check: --steps={args.steps!r} is not allowed: letters from {ALL_STEPS!r}", file=sys.stderr)
         return 2
 
     wheels = wheel_paths(Path(args.wheels))

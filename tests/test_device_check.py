@@ -30,22 +30,40 @@ def test_smoke_runs_every_step_on_cpu(repo_root, subprocess_env, tmp_path) -> No
     env = dict(subprocess_env, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "scripts/device_check.py", "--smoke", "--out", str(out),
                            "--logs", str(tmp_path / "logs")], cwd=repo_root, env=env, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=2400)  # ~100 CPU seconds; wall time as the machine's load allows
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     steps = {s["step"]: s for s in report["steps"]}
-    assert list(steps) == ["a", "b", "c", "d", "e"] and report["smoke"] is True
+    assert list(steps) == ["a", "b", "c", "d", "e", "f"] and report["smoke"] is True
     assert all(s["ok"] and s["seconds"] > 0 for s in steps.values())
     figures = {k: s["figures"] for k, s in steps.items()}
     assert figures["a"]["skipped"] >= 1 and figures["a"].get("failed", 0) == 0  # CUDA tests skip cleanly
     assert {"plain_tokens_per_s", "lightning_tokens_per_s", "lightning_real_data_tokens_per_s",
             "lightning_over_plain", "real_over_synthetic"} <= set(figures["b"])
     assert figures["c"]["new_tokens_per_s"] > 0 and figures["d"]["pairs_per_s"] > 0
+    assert figures["c"]["canon_new_tokens_per_s"] > 0 and "canon ABCD" in figures["c"]["canon_setting"]
+    # the new options' CPU twins ran (compile, cached decoding, resume, probe SIGTERM + resume); none failed
+    assert figures["f"]["passed"] >= 4 and figures["f"].get("failed", 0) == 0
     e = figures["e"]
     assert e["steps"] == 2 and not e["stopped_by_time_cap"]
     assert {"eval/op<=6/accuracy", "eval/op=7/accuracy", "eval/op=10/accuracy"} <= set(e)
     assert {"probe/nece/acc", "probe/nece/random_init_acc", "probe/can_next/majority_acc"} <= set(e)
     assert "all steps ok" in proc.stdout and "e small: train + eval + probe" in proc.stdout  # the table
+
+
+def test_the_new_options_run_on_cuda_and_rehearse_on_cpu(device_check, tmp_path) -> None:
+    """Step f runs tests/test_cuda_levers.py: its gpu tests on a GPU (and step a leaves them to it),
+    their CPU twins in the smoke; step c decodes a Canon model with partial RoPE beside the plain one."""
+    for smoke, marker in ((False, "gpu"), (True, "not gpu")):
+        steps = {s.key: s for s in device_check.build_steps(smoke, tmp_path)}
+        assert list(steps) == list(device_check.ALL_STEPS)
+        (command,) = steps["f"].commands
+        assert command[-3:] == ["-m", marker, "tests/test_cuda_levers.py"]
+        assert "--ignore=tests/test_cuda_levers.py" in steps["a"].commands[0]
+        plain, canon = steps["c"].commands
+        assert canon[:len(plain)] == plain and canon[len(plain):] == ["--canon", "ABCD", "--rope-dim", "16"]
+    caps = device_check.build_steps(False, tmp_path)
+    assert sum(s.cap_s for s in caps) <= device_check.BUDGET_S  # the whole check fits its 8 minutes
 
 
 def test_a_missing_package_names_its_wheel(device_check) -> None:
@@ -140,8 +158,13 @@ Lightning / plain loop: 0.986; real data / synthetic: 0.996
     assert figs["plain_tokens_per_s"] == 512345 and figs["plain_mfu_pct"] == 43.2
     assert figs["lightning_real_data_mfu_pct"] == 42.4 and figs["real_over_synthetic"] == 0.996
     assert figs["workers_needed"] == 2.4 and figs["model"].startswith("GPT2-12-12")
-    decode_out = "65536 new tokens in 0.512 s (best of 3, prefill included): 128,000 new tokens/s\n"
-    assert device_check.decode_figures(decode_out, None)["new_tokens_per_s"] == 128000
+    decode_out = ("model GPT2-12-12 (d=768, 124.4M params, vocab 50257) on cuda, bf16-autocast; batch 256\n"
+                  "65536 new tokens in 0.512 s (best of 3, prefill included): 128,000 new tokens/s\n"
+                  "model GPT2-12-12 (d=768, 124.6M params, vocab 50257, canon ABCD, rope_dim 16) on cuda\n"
+                  "65536 new tokens in 0.640 s (best of 3, prefill included): 102,400 new tokens/s\n")
+    figs = device_check.decode_figures(decode_out, None)
+    assert figs["new_tokens_per_s"] == 128000 and figs["canon_new_tokens_per_s"] == 102400
+    assert figs["canon_over_plain"] == 0.8
     probe_out = ("probe training: 4,096 pairs/s (1,300,000 tokens/s, 62.5 ms/step)\n"
                  "probe data (one process): 900 pairs/s\n")
     assert device_check.probe_figures(probe_out, None) == {

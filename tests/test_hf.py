@@ -7,6 +7,7 @@ Tests that need the extra [hf] skip without it; the "which extra" messages are t
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -358,7 +359,7 @@ def test_canon_generate_reproduces_greedy_decode_with_a_kv_cache(tmp_path):
     tok = _tokenizer("word")
     model = _canon_model("ABCD", rope_dim=4)
     hf_model = _hf_load_remote(hf.export_model(model, tok, tmp_path / "m"))
-    prompts = [tok.encode_prompt(p.problem_text) for p in _problems("tiny", 3, seed=1)]
+    prompts = [tok.encode_prompt(p.problem_text) for p in draw_problems("tiny", 3, 1, "test")]
     ours = greedy_decode(model, prompts, max_new_tokens=20, stop_ids=[tok.eos_id], pad_id=tok.pad_id)
     assert len({t for row in ours for t in row}) > 10  # a model whose tokens depend on the context
     ids, mask = _left_padded(prompts, tok.pad_id)
@@ -385,7 +386,8 @@ def test_canon_beam_search_cache_follows_the_beams(tmp_path):
     tok = _tokenizer("word")
     model = _canon_model("ABCD", kernel=4, seed=1)  # its beams swap places at most steps
     hf_model = _hf_load_remote(hf.export_model(model, tok, tmp_path / "m"))
-    ids, mask = _left_padded([tok.encode_prompt(p.problem_text) for p in _problems("tiny", 2, seed=4)], tok.pad_id)
+    prompts = [tok.encode_prompt(p.problem_text) for p in draw_problems("tiny", 2, 4, "test")]
+    ids, mask = _left_padded(prompts, tok.pad_id)
     kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=8, num_beams=3)
     assert torch.equal(hf_model.generate(**kw), hf_model.generate(**kw, use_cache=False))
 
@@ -586,7 +588,7 @@ def test_export_command_writes_a_canon_model_then_probe_reads_it(tmp_path, capsy
     from transformers import AutoTokenizer
 
     hf_tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True, local_files_only=True)
-    p = _problems("tiny", 1)[0]
+    p = draw_problems("tiny", 1, 0, "test")[0]
     idx = torch.tensor([hf_tok(lit.tokenizer.decode(lit.tokenizer.encode_example(p.problem_text, p.solution,
                                                                                  p.answer)))["input_ids"]])
     assert idx[0].tolist() == lit.tokenizer.encode_example(p.problem_text, p.solution, p.answer)
