@@ -74,13 +74,10 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, coefficients: tuple[float, fl
     x = g.to(dtype)  # [(b,) m, n]
     x = x.mT if tall else x  # [(b,) short, long]
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm <= 1, per matrix
+    mm, add_mm = (torch.mm, torch.addmm) if x.dim() == 2 else (torch.bmm, torch.baddbmm)
     for _ in range(steps):
-        if x.dim() == 2:
-            gram = x @ x.T  # [short, short]
-            x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-        else:  # bmm then add_: on a CPU baddbmm copied its input first (~1/4 of the time)
-            gram = torch.bmm(x, x.mT)  # [b, short, short]
-            x = torch.bmm(torch.bmm(gram, gram).mul_(c).add_(gram, alpha=b), x).add_(x, alpha=a)
+        gram = mm(x, x.mT)  # [(b,) short, short]
+        x = add_mm(x, add_mm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return x.mT if tall else x
 
 
