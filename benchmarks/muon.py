@@ -8,7 +8,9 @@ side in one run: the variants interleaved, repeats round-robin, the median repor
     python benchmarks/muon.py --device cuda --models med      # bf16 iterations, as on a GPU
 
 Columns: ``loop`` (before), ``batched, qkv fused`` (the batching alone: the same update as the
-loop), ``batched`` (igsm's step: batching and the three q, k, v blocks). Only Muon's part of the
+loop), ``batched`` (igsm's step off CPUs: batching and the three q, k, v blocks), ``one by one``
+(igsm's step on a CPU: the three q, k, v blocks, one Newton-Schulz per matrix: on a CPU the products
+themselves cost, and the batch's large temporaries were slower). Only Muon's part of the
 optimizer step is timed (AdamW's is the same in all three), on fixed random gradients. The
 Newton-Schulz dtype is what training picks: float32 on a CPU that emulates bf16, else bf16.
 Also printed: the aten ops that compute per Muon step (views left out), about the kernel
@@ -81,11 +83,13 @@ def table(name: str, device: torch.device, ns_float32: bool, repeats: int) -> No
     batched = build_optimizer(model, groups, cfg, fused=None, ns_float32=ns_float32)
     fused = build_optimizer(model, groups, cfg, fused=None, ns_float32=ns_float32)
     fused._row_blocks = [[1] * len(b) for b in fused._row_blocks]  # the same update as the loop
+    one_by_one = build_optimizer(model, groups, cfg, fused=None, ns_float32=ns_float32)
     for p in model.parameters():
         p.grad = torch.randn_like(p)
-    for opt in (batched, fused):
-        opt._adamw = None  # Muon's part only
-    variants = {"loop": lambda: loop_step(batched), "batched, qkv fused": fused.step, "batched": batched.step}
+    for opt, batch in ((batched, True), (fused, True), (one_by_one, False)):
+        opt._adamw, opt.batched = None, batch  # Muon's part only
+    variants = {"loop": lambda: loop_step(batched), "batched, qkv fused": fused.step, "batched": batched.step,
+                "one by one": one_by_one.step}
     batched.step()  # creates the momentum buffers the loop reads
     matrices = batched.param_groups[-1]["params"]
     print(f"\n== {name}: GPT {L} x {d}, {len(matrices)} Muon matrices, Newton-Schulz in "

@@ -83,11 +83,21 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, coefficients: tuple[float, fl
 
 def orthogonalise(updates: list[torch.Tensor], steps: int = 5,
                   coefficients: tuple[float, float, float] = (3.4445, -4.775, 2.0315), eps: float = 1e-7,
-                  dtype: torch.dtype = torch.float32, out_dtype: Optional[torch.dtype] = None) -> list[torch.Tensor]:
+                  dtype: torch.dtype = torch.float32, out_dtype: Optional[torch.dtype] = None,
+                  batched: Optional[bool] = None) -> list[torch.Tensor]:
     """:func:`newton_schulz` of each 2-D update, those of one shape (tall ones turned wide, so
     [4d, d] and [d, 4d] share a batch) stacked into one batched iteration: a handful of batches
     per model instead of one iteration per matrix. Returns the results in ``updates``' order, in
-    ``out_dtype`` (default ``dtype``)."""
+    ``out_dtype`` (default ``dtype``).
+
+    ``batched``: None = batch except on a CPU. A GPU step of small matrices is bound by kernel
+    launches (~15 per matrix unbatched); a CPU's is bound by the products themselves, where the
+    batch's large temporaries took 0.8x the speed of one matrix at a time (benchmarks/muon.py)."""
+    out_dtype = out_dtype or dtype
+    if not updates:
+        return []
+    if not (batched if batched is not None else updates[0].device.type != "cpu"):
+        return [newton_schulz(u, steps, coefficients, eps, dtype).to(out_dtype) for u in updates]
     tall = [u.size(0) > u.size(1) for u in updates]
     wide = [u.mT if t else u for u, t in zip(updates, tall)]  # [short, long] each
     buckets: dict[tuple[int, int], list[int]] = {}
@@ -96,7 +106,7 @@ def orthogonalise(updates: list[torch.Tensor], steps: int = 5,
     out: list[torch.Tensor] = [torch.empty(0)] * len(updates)
     for members in buckets.values():
         batch = torch.stack([wide[i] for i in members])  # [n, short, long]
-        orth = newton_schulz(batch, steps, coefficients, eps, dtype).to(out_dtype or dtype)  # [n, short, long]
+        orth = newton_schulz(batch, steps, coefficients, eps, dtype).to(out_dtype)  # [n, short, long]
         for o, i in zip(orth.unbind(0), members):
             out[i] = o.mT if tall[i] else o
     return out
@@ -130,11 +140,16 @@ class MuonAdamW(torch.optim.Optimizer):
     ``row_blocks``: id of a Muon matrix -> the number of row blocks it stacks (the fused q, k, v:
     3, :func:`muon_row_blocks`); each block is orthogonalised as a matrix of its own. Not saved
     in the state dict, which stays torch's: checkpoints load either way.
+
+    ``batched``: orthogonalise the matrices of one shape as one batch (None: except on a CPU,
+    :func:`orthogonalise`).
     """
 
     def __init__(self, groups: list[dict], adamw: Optional[dict] = None, muon: Optional[dict] = None,
-                 ns_float32: bool = False, row_blocks: Optional[dict[int, int]] = None) -> None:
+                 ns_float32: bool = False, row_blocks: Optional[dict[int, int]] = None,
+                 batched: Optional[bool] = None) -> None:
         self.ns_float32 = ns_float32
+        self.batched = batched
         adamw_groups = [dict(g) for g in groups if g.get("name") != MUON_GROUP]
         muon_groups = [dict(g) for g in groups if g.get("name") == MUON_GROUP]
         self._adamw = torch.optim.AdamW(adamw_groups, **(adamw or {})) if adamw_groups else None
@@ -178,7 +193,7 @@ class MuonAdamW(torch.optim.Optimizer):
     def _muon_step(self) -> None:
         """torch.optim.Muon's step (Nesterov momentum as an EMA, decoupled weight decay,
         shape-scaled lr), with two changes: every matrix of a group is orthogonalised in one
-        :func:`orthogonalise` call (batched by shape), and a fused matrix (``row_blocks`` n > 1)
+        :func:`orthogonalise` call (batched by shape off CPUs), and a fused matrix (``row_blocks`` n > 1)
         as n row blocks, each orthogonalised and lr-scaled as a matrix of its own. The
         elementwise parts run as foreach ops over the group. Newton-Schulz in bf16 as torch's
         (float32 with ``ns_float32``)."""
@@ -202,7 +217,7 @@ class MuonAdamW(torch.optim.Optimizer):
             updates = torch._foreach_lerp(grads, bufs, momentum) if group["nesterov"] else bufs
             pieces = [piece for u, n in zip(updates, blocks) for piece in u.unflatten(0, (n, -1)).unbind(0)]
             orth = iter(orthogonalise(pieces, group["ns_steps"], group["ns_coefficients"], group["eps"], dtype,
-                                      out_dtype=params[0].dtype))
+                                      out_dtype=params[0].dtype, batched=self.batched))
             by_lr: dict[float, tuple[list, list]] = {}  # the shape-scaled lr -> (params, updates)
             for p, n in zip(params, blocks):
                 parts = [next(orth) for _ in range(n)]  # [rows / n, cols] each
@@ -222,7 +237,7 @@ class MuonAdamW(torch.optim.Optimizer):
 
     def __getstate__(self) -> dict:
         return dict(super().__getstate__(), _adamw=self._adamw, _muon=self._muon, _row_blocks=self._row_blocks,
-                    ns_float32=self.ns_float32)
+                    ns_float32=self.ns_float32, batched=self.batched)
 
 
 def build_optimizer(model: nn.Module, groups: list[dict], o, fused: Optional[bool],

@@ -53,7 +53,7 @@ def test_batched_newton_schulz_equals_one_matrix_at_a_time() -> None:
     g = torch.Generator().manual_seed(0)
     shapes = [(8, 8), (24, 8), (8, 8), (8, 24), (16, 40), (8, 8), (40, 16), (5, 3), (24, 8)]
     mats = [torch.randn(s, generator=g, dtype=torch.float64) * (i + 1) for i, s in enumerate(shapes)]
-    batched = orthogonalise(mats, dtype=torch.float64)
+    batched = orthogonalise(mats, dtype=torch.float64, batched=True)
     assert [tuple(o.shape) for o in batched] == shapes
     for m, o in zip(mats, batched):
         torch.testing.assert_close(o, newton_schulz(m, dtype=torch.float64), rtol=1e-12, atol=1e-12)
@@ -62,12 +62,14 @@ def test_batched_newton_schulz_equals_one_matrix_at_a_time() -> None:
     assert newton_schulz(torch.stack(mats[:3:2]), dtype=torch.float64).shape == (2, 8, 8)
 
 
-def test_fused_qkv_is_orthogonalised_as_three_blocks() -> None:
+@pytest.mark.parametrize("batched", [True, False])
+def test_fused_qkv_is_orthogonalised_as_three_blocks(batched: bool) -> None:
     """q, k, v gradients of very different scales: each block's update is orthogonal on its own
     and lr-scaled as a square matrix (lr x 1), so v moves as much as q. Orthogonalising the fused
     [3d, d] matrix (before) gives v's block a near-zero update, q's almost all of it."""
     model = gpt()
     opt = muon_optimizer(model, ns_float32=True)
+    opt.batched = batched
     random_grads(model)
     d = model.cfg.d_model
     c_attn = model.blocks[0].attn.c_attn.weight
@@ -90,11 +92,13 @@ def test_fused_qkv_is_orthogonalised_as_three_blocks() -> None:
     assert torch.linalg.svdvals(fused[2 * d:]).max() < 0.01
 
 
-def test_every_muon_matrix_gets_its_own_orthogonalised_update() -> None:
+@pytest.mark.parametrize("batched", [True, False])
+def test_every_muon_matrix_gets_its_own_orthogonalised_update(batched: bool) -> None:
     """The other matrices (attn.c_proj [d, d], mlp.c_fc [4d, d], mlp.c_proj [d, 4d]) batched across
     layers: each moves by lr x its shape scaling x newton_schulz of its own update."""
     model = gpt(n_layer=3)
     opt = muon_optimizer(model, ns_float32=True)
+    opt.batched = batched
     random_grads(model)
     muon = opt.param_groups[-1]
     lr, momentum = muon["lr"], muon["momentum"]
@@ -109,13 +113,14 @@ def test_every_muon_matrix_gets_its_own_orthogonalised_update() -> None:
 
 def test_a_muon_step_is_a_few_batched_iterations_whatever_the_depth() -> None:
     """Matrices of one shape share one batched Newton-Schulz: the matmuls of a Muon step do not
-    grow with the number of layers (the per-matrix loop ran 15 per matrix), and it syncs nothing."""
+    grow with the number of layers (the per-matrix loop ran 15 per matrix), and it syncs nothing.
+    (Batched is the default off CPUs, where launches cost; forced here.)"""
     counts = {}
     for n_layer in (2, 6):
         model = gpt(n_layer=n_layer)
         opt = muon_optimizer(model, ns_float32=True)
         random_grads(model)
-        opt._adamw = None  # Muon's step alone
+        opt._adamw, opt.batched = None, True  # Muon's step alone
         with OpNames() as ops:
             opt.step()
         counts[n_layer] = sum(n in MATMULS for n in ops.names)
@@ -169,7 +174,8 @@ def test_bf16_step_is_torchs_muon_step_up_to_bf16_rounding() -> None:
         model.load_state_dict(start)
         weights = [m.weight for m in model if isinstance(m, torch.nn.Linear)]
         group = {"params": weights, "name": "muon", "weight_decay": 0.1}
-        opt = MuonAdamW([group], muon=dict(lr=0.02)) if ours else torch.optim.Muon(weights, lr=0.02, weight_decay=0.1)
+        opt = (MuonAdamW([group], muon=dict(lr=0.02), batched=True) if ours
+               else torch.optim.Muon(weights, lr=0.02, weight_decay=0.1))
         for _ in range(2):
             opt.zero_grad()
             model(x).square().mean().backward()
