@@ -6,7 +6,8 @@
    the model (positions A/C and D).
 2. Training steps (forward + backward + AdamW) of whole models with model.canon "", A, AC, ABCD:
    tokens/s and the ratio to no Canon.
-3. Cached greedy decoding with and without Canon ABCD: new tokens/s and the ratio.
+3. Cached greedy decoding with and without Canon ABCD: new tokens/s and the ratio, and the aten
+   ops of one decoding step (issue 28: Canon's one-position step vs the convolution it replaced).
 
     python benchmarks/canon.py                        # the tiny and small_cpu models (128 dims), CPU
     python benchmarks/canon.py --models small_cpu --threads 1
@@ -24,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -32,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from igsm.config import ModelConfig  # noqa: E402
 from igsm.decode import greedy_decode  # noqa: E402
-from igsm.model import GPT, causal_conv_conv1d, causal_conv_shift  # noqa: E402
+from igsm.model import GPT, Canon, causal_conv_conv1d, causal_conv_shift  # noqa: E402
 from igsm.trainer import cpu_has_native_bf16  # noqa: E402
 
 # (n_layer, n_head, n_embd, micro-batch, context): the training shapes of the presets
@@ -131,25 +133,50 @@ def train_table(shape, device, bf16: bool, repeats: int) -> None:
               f"{t / res['']:>12.2f}x")
 
 
+def conv1d_step(canon: Canon, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """Canon's cached decoding step as it ran before issue 28: the convolution path over the
+    concatenated state (cat, transposes, ``F.conv1d``), then the state's tail by cat, slice, copy."""
+    y = causal_conv_conv1d(x, canon.weight[:, 0], state)  # [B, 1, C]
+    state.copy_(torch.cat((state, x), dim=1)[:, -(canon.kernel - 1):])
+    return y
+
+
+def aten_ops_per_step(model: GPT, batch: int, device: torch.device, bf16: bool) -> int:
+    """aten ops (nested ones included, as the profiler lists them) of one cached decoding step."""
+    cache = model.new_kv_cache(batch, 16, device=device, dtype=torch.bfloat16 if bf16 else None)
+    idx = torch.zeros(batch, 1, dtype=torch.long, device=device)
+    with torch.no_grad(), autocast(device, bf16):
+        model.forward_cached(torch.zeros(batch, 4, dtype=torch.long, device=device), cache)
+        model.forward_cached(idx, cache)
+        with torch.profiler.profile() as prof:
+            model.forward_cached(idx, cache)
+    return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+
+
 def decode_table(shape, device, bf16: bool, repeats: int) -> None:
     L, H, d, _, _ = shape
     batch, prompt_len, new = 64, 120, 64
     print(f"\n3. cached greedy decoding, GPT {L} x {d}, {batch} prompts of {prompt_len} tokens, {new} new each, "
-          f"{'bf16 autocast' if bf16 else 'fp32'}")
+          f"{'bf16 autocast' if bf16 else 'fp32'}; 'ABCD, conv1d step': Canon's step before issue 28")
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, VOCAB, (prompt_len,), generator=g).tolist() for _ in range(batch)]
     models = {}
-    for canon in ("", "ABCD"):
+    for name, canon in (("", ""), ("ABCD", "ABCD"), ("ABCD, conv1d step", "ABCD")):
         torch.manual_seed(0)
-        models[canon] = GPT(ModelConfig(n_layer=L, n_head=H, n_embd=d, block_size=512, canon=canon), VOCAB).to(device)
+        models[name] = GPT(ModelConfig(n_layer=L, n_head=H, n_embd=d, block_size=512, canon=canon), VOCAB).to(device)
+    for m in models["ABCD, conv1d step"].modules():
+        if isinstance(m, Canon):
+            m.step = types.MethodType(conv1d_step, m)
 
-    def run(canon: str) -> None:
+    def run(name: str) -> None:
         with autocast(device, bf16):
-            greedy_decode(models[canon], prompts, max_new_tokens=new, stop_ids=[VOCAB + 1], pad_id=0, batch_size=batch)
+            greedy_decode(models[name], prompts, max_new_tokens=new, stop_ids=[VOCAB + 1], pad_id=0, batch_size=batch)
 
     res = timed({c: (lambda c=c: run(c)) for c in models}, repeats, device)
-    for canon, t in res.items():
-        print(f"{repr(canon):>8} {batch * new / t:>10,.0f} new tokens/s  {t / res['']:.2f}x the time of no Canon")
+    for name, t in res.items():
+        ops = aten_ops_per_step(models[name], batch, device, bf16)
+        print(f"{repr(name):>20} {batch * new / t:>10,.0f} new tokens/s  {t / res['']:.2f}x the time of no Canon  "
+              f"{ops} aten ops a step")
 
 
 def main() -> None:

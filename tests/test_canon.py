@@ -139,6 +139,28 @@ def test_cached_decoding_with_canon_under_bf16_autocast() -> None:
     assert agree >= 0.9
 
 
+def decode_step_aten_ops(canon: str) -> int:
+    """aten ops of one cached one-token decoding step (nested ones included, as the profiler
+    counts them: a convolution's internal copies and reshapes show there)."""
+    model = canon_model(canon, dtype=torch.float32)
+    cache = model.new_kv_cache(3, 16)
+    with torch.no_grad():
+        model.forward_cached(torch.tensor([[5, 6, 7], [8, 9, 10], [1, 2, 3]]), cache)
+        model.forward_cached(torch.tensor([[4], [5], [6]]), cache)
+        with torch.profiler.profile() as prof:
+            model.forward_cached(torch.tensor([[7], [8], [9]]), cache)
+    return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+
+
+def test_a_canon_decoding_step_costs_a_few_ops_per_layer() -> None:
+    """Issue 28: a decoding step of a Canon layer is one cat, a multiply and a sum over the k
+    taps, the state's roll and the residual add (~20 aten ops); the convolution over the cat it
+    replaced took 34 (cat, transposes, conv1d and its reshapes, cat, slice, copy)."""
+    per_layer = (decode_step_aten_ops("ABCD") - decode_step_aten_ops("")) / (2 * 4)  # 2 layers x 4 Canon
+    assert per_layer <= 24
+    assert decode_step_aten_ops("A") - decode_step_aten_ops("") <= 2 * 24
+
+
 def test_canon_kernel_one_is_a_per_channel_scale() -> None:
     model = canon_model("ABCD", canon_kernel=1)
     prompts = [[5, 6, 7], [8]]
