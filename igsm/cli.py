@@ -22,9 +22,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Optional
 
-from .config import GENERATOR_PRESETS, OP_SAMPLING, RETRY_WEAK_FROM, ConfigError, GeneratorConfig, generator_preset
 from .generator import GenerationError, generate_problem, problem_rng
+from .generator_config import GENERATOR_PRESETS, OP_SAMPLING, ConfigError, GeneratorConfig, generator_preset
 from .problem import Problem
+from .retry import RETRY_KINDS, RETRY_WEAK_FROM
 from .world import WorldError, load_world
 
 
@@ -571,7 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--retry-rate", type=float, default=0.0,
                    help="retry data (Part 2.2): before each solution sentence, with this probability (again and "
                         "again), insert a wrong step 'Define A as BACK.' (default 0: off)")
-    g.add_argument("--retry-kind", choices=["retry", "retry_weak"], default="retry",
+    g.add_argument("--retry-kind", choices=list(RETRY_KINDS), default=GeneratorConfig.retry_kind,
                    help="retry: A is any parameter of the structure not computable yet; retry_weak: A is one the "
                         "solution still has to define")
     g.add_argument("--retry-weak-from", choices=list(RETRY_WEAK_FROM), default=None,

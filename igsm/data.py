@@ -37,10 +37,10 @@ from igsm.config import (
     EvalConfig,
     GeneratorConfig,
     bucket_generator_config,
-    build_data_tokenizer,
     generator_config,
     parse_bucket,
 )
+from igsm.data_setup import build_data_tokenizer
 from igsm.generator import GenerationError, generate_problem, problem_rng, sample_op
 from igsm.problem import RETRACTION, Problem
 from igsm.tokenizer import Tokenizer

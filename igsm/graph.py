@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
-from .config import GeneratorConfig
+from .generator_config import GeneratorConfig
 from .problem import ABS, INST, MOD, Equation, Param
 
 LAYER_CHOICES = (2, 3, 4)

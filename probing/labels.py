@@ -45,11 +45,11 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Optional
 
-from igsm.config import PROBE_EXTRA_TASKS, PROBE_TASKS
 from igsm.problem import Param, Problem
 
-TASKS = PROBE_TASKS  # ("nece", "dep", "known", "value", "can_next", "nece_next"), defined in igsm.config
-ALL_TASKS = PROBE_TASKS + PROBE_EXTRA_TASKS  # plus "regret"
+TASKS = ("nece", "dep", "known", "value", "can_next", "nece_next")  # the paper's six: probe.tasks' default
+EXTRA_TASKS = ("regret",)  # Part 2.2's regret probe: on request only
+ALL_TASKS = TASKS + EXTRA_TASKS  # what probe.tasks allows (igsm.probe_config)
 NUM_CLASSES = {"nece": 2, "dep": 2, "known": 2, "value": 24, "can_next": 2, "nece_next": 2, "regret": 2}
 PAIR_TASKS = frozenset({"dep"})  # the query names two parameters: [START] A [MID] B [END]
 BOUNDARY_TASKS = frozenset({"known", "value", "can_next", "nece_next"})  # cut at solution boundaries
