@@ -268,12 +268,6 @@ def tok(request, word):
     return word
 
 
-def test_no_torch_import():
-    code = "import sys, igsm.tokenizer as t; t.build_tokenizer('word'); assert 'torch' not in sys.modules"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert r.returncode == 0, r.stderr
-
-
 def test_layout_prompt_is_prefix_and_parse(tok, world):
     texts = _texts(world, 40, seed=7)
     for problem, solution in zip(texts[::2], texts[1::2]):
