@@ -2,8 +2,8 @@
 
 The dataclass defaults are the paper's probe recipe (spec 11: AdamW lr 0.002, no warm-up, linear
 decay to 0, weight decay 0.01, batch 256, 100k steps); configs/probe_tiny.yaml is the default CPU
-run, probe_med.yaml / probe_hard.yaml the paper's. The task names belong to the labels they name
-(:mod:`probing.labels`, torch-free); the Lightning trainer settings are training's
+run, probe_med.yaml / probe_hard.yaml the paper's. The task names are :mod:`igsm.probe_tasks`'
+(shared with the labels, :mod:`probing.labels`); the Lightning trainer settings are training's
 (:class:`igsm.train_config.TrainerConfig`).
 """
 
@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
-from probing.labels import ALL_TASKS, TASKS
-
 from .generator_config import MAX_OP, require
+from .probe_tasks import ALL_TASKS, TASKS
 from .train_config import TrainerConfig, validate_trainer
 
 PROBE_LAYERS = ("last", "all")

@@ -45,11 +45,9 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Optional
 
+from igsm.probe_tasks import ALL_TASKS, EXTRA_TASKS, TASKS  # the task names, owned there
 from igsm.problem import Param, Problem
 
-TASKS = ("nece", "dep", "known", "value", "can_next", "nece_next")  # the paper's six: probe.tasks' default
-EXTRA_TASKS = ("regret",)  # Part 2.2's regret probe: on request only
-ALL_TASKS = TASKS + EXTRA_TASKS  # what probe.tasks allows (igsm.probe_config)
 NUM_CLASSES = {"nece": 2, "dep": 2, "known": 2, "value": 24, "can_next": 2, "nece_next": 2, "regret": 2}
 PAIR_TASKS = frozenset({"dep"})  # the query names two parameters: [START] A [MID] B [END]
 BOUNDARY_TASKS = frozenset({"known", "value", "can_next", "nece_next"})  # cut at solution boundaries
@@ -251,7 +249,7 @@ def necessity_baseline(pairs: Iterable[tuple[int, int]]) -> dict:
 
 
 __all__ = [
-    "ALL_TASKS", "draw_regret_queries", "necessity_baseline",
+    "ALL_TASKS", "EXTRA_TASKS", "draw_regret_queries", "necessity_baseline",
     "TASKS", "NUM_CLASSES", "PAIR_TASKS", "BOUNDARY_TASKS", "UNKNOWN_VALUE", "MAX_DISTANCE",
     "check_task", "graph_params", "n_positions", "question_distances", "ProblemLabels", "label",
     "draw_queries",
