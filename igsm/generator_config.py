@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class GeneratorConfig:
-    """Difficulty knobs of the iGSM generator (spec sections 2-8). Defaults: iGSM-med."""
+    """Difficulty knobs of the iGSM generator (docs/spec.md#5-sampling-a-problem). Defaults: iGSM-med."""
 
     max_op: int = 15  # op_max: training op in 1..max_op, drawn as op_sampling says
     max_ip: int = 20  # ip_max: at most this many instance parameters (edges)
@@ -31,7 +31,7 @@ class GeneratorConfig:
     min_width: int = 2  # items per layer lie in [min_width, max_width] (2..4)
     max_width: int = 4
     op: Optional[int] = None  # force op = N (the paper's op=N test sets; may exceed max_op)
-    reask: bool = False  # re-draw the question after generation (spec 8)
+    reask: bool = False  # re-draw the question after generation (docs/spec.md#9-reask)
     fmt: str = "pq"  # "pq": question after the statements; "qp": question first
     split: str = "train"  # "train", "test" (template hash buckets) or "any"
     # How op is drawn when not forced: "min2", the paper's min of two uniform draws on 1..max_op

@@ -1,10 +1,10 @@
 """The probing configs: everything ``python probe.py`` reads, with its checks.
 
-The dataclass defaults are the paper's probe recipe (spec 11: AdamW lr 0.002, no warm-up, linear
-decay to 0, weight decay 0.01, batch 256, 100k steps); configs/probe_tiny.yaml is the default CPU
-run, probe_med.yaml / probe_hard.yaml the paper's. The task names are :mod:`igsm.probe_tasks`'
-(shared with the labels, :mod:`probing.labels`); the Lightning trainer settings are training's
-(:class:`igsm.train_config.TrainerConfig`).
+The dataclass defaults are the paper's probe recipe (docs/spec.md#16-the-papers-recipe: AdamW lr
+0.002, no warm-up, linear decay to 0, weight decay 0.01, batch 256, 100k steps);
+configs/probe_tiny.yaml is the default CPU run, probe_med.yaml / probe_hard.yaml the paper's. The
+task names are :mod:`igsm.probe_tasks`' (shared with the labels, :mod:`probing.labels`); the
+Lightning trainer settings are training's (:class:`igsm.train_config.TrainerConfig`).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class ProbeOptions:
     # more passes). null = auto: 4 on GPU (med rows average 260-340 tokens in batches padded to
     # 500-790), 1 on CPU (the tiny default's rows are short and alike).
     length_chunks: Optional[int] = None
-    analysis: bool = False  # run the error analysis (spec 12) after probing
+    analysis: bool = False  # run the error analysis (docs/spec.md#14-error-analysis) after probing
     # Controls that bound what a probe result means (docs/probing-controls.md)
     test_split: str = "test"  # test pairs from "test"-template problems, or fresh "train"-template problems
     split_by_solved: bool = False  # also split test accuracy by whether the backbone solves the problem
@@ -58,7 +58,8 @@ class ProbeOptions:
 
 @dataclass
 class AnalysisConfig:
-    """Error analysis (spec 12): greedy generations graded by the verifier vs probe predictions."""
+    """Error analysis (docs/spec.md#14-error-analysis): greedy generations graded by the verifier vs
+    probe predictions."""
 
     n: int = 1024  # problems per analysed set (reask set and in-distribution test set)
     reask_op: Optional[int] = None  # op of the reask problems; None = the training data's max_op
@@ -68,7 +69,7 @@ class AnalysisConfig:
 
 @dataclass
 class ProbeConfig:
-    """Everything ``python probe.py`` reads (design 3.3). ``preset`` picks ``configs/<preset>.yaml``."""
+    """Everything ``python probe.py`` reads (docs/probing.md). ``preset`` picks ``configs/<preset>.yaml``."""
 
     ENTRY_POINT: ClassVar[str] = "probe.py"  # whose presets it accepts (igsm.cli_config.preset_entry_point)
 

@@ -1,10 +1,10 @@
 """The training configs: everything ``python train.py`` reads, with its checks.
 
-Defaults are the paper's iGSM-med recipe (spec 13); the YAML files in ``configs/`` override them
-(tiny.yaml is the default CPU run). Plain dataclasses that import no torch and nothing above the
-core layer (docs/architecture.md): the checks that generate problems to judge a setting (does
-``data.context`` drop too many problems, can each evaluation bucket be drawn) need the generator,
-so they run where the data is set up, in :mod:`igsm.data_setup`.
+Defaults are the paper's iGSM-med recipe (docs/spec.md#16-the-papers-recipe); the YAML files in
+``configs/`` override them (tiny.yaml is the default CPU run). Plain dataclasses that import no
+torch and nothing above the core layer (docs/architecture.md): the checks that generate problems
+to judge a setting (does ``data.context`` drop too many problems, can each evaluation bucket be
+drawn) need the generator, so they run where the data is set up, in :mod:`igsm.data_setup`.
 """
 
 from __future__ import annotations
@@ -81,18 +81,20 @@ def validate_model(cfg: ModelConfig, prefix: str = "model.") -> None:
     require(cfg.block_size >= 16, prefix + "block_size", cfg.block_size, "an integer >= 16")
 
 
-# Evaluation buckets per generator preset (design 3.2 / spec 6). Grammar of one bucket:
+# Evaluation buckets per generator preset (docs/training.md; the paper's: docs/spec.md#16-the-papers-recipe).
+# Grammar of one bucket:
 #   "<=N"     op drawn from the training distribution with max_op = N (op ≤ N)
 #   "N"       op forced to N (the paper's "op = N" test sets, also beyond max_op)
-#   "reaskN"  op forced to N, then the question re-asked (spec 8)
+#   "reaskN"  op forced to N, then the question re-asked (docs/spec.md#9-reask)
 #   ":train" or ":any" after any of these: templates of that split instead of the test split.
 # op = 1 has no test-split template in any preset (its few templates all hash below the split
 # boundary), so tiny's easiest bucket uses the train templates (new problems, seen templates).
 EVAL_BUCKETS: dict[str, list[str]] = {
     "med": ["<=15", "15", "20", "21", "22", "23", "reask20"],
     "hard": ["<=21", "21", "28", "29", "30", "31", "32", "reask28"],
-    # op = 1 has no test template (spec 8 hash), so tiny's easiest test bucket "<=2" holds only
-    # the op = 2 "N more than X" form; "<=2:train" and "2:train" are fresh problems of seen templates.
+    # op = 1 has no test template (docs/spec.md#10-the-template-hash-and-the-split), so tiny's easiest
+    # test bucket "<=2" holds only the op = 2 "N more than X" form; "<=2:train" and "2:train" are
+    # fresh problems of seen templates.
     "tiny": ["<=2:train", "2:train", "<=2", "<=4", "3", "4", "6", "reask4"],
     # in distribution (seen and unseen templates), op = max_op, out of distribution up to 10
     "small": ["<=6:train", "<=6", "6", "7", "8", "10", "reask6"],
@@ -127,7 +129,7 @@ class DataConfig(GeneratorConfig):
     loss_on: str = "all"  # "all" tokens (the paper) or "solution" (solution + answer + eos only)
     # Target where a solution names a new letter ("Define X as v"): "sampled" = the letter the
     # generator drew (the paper); "uniform" = the distribution it drew from, uniform over the
-    # problem's unused letters (spec 7). Same expected gradient without the draw's noise: small
+    # problem's unused letters (docs/spec.md#7-the-text). Same expected gradient without the draw's noise: small
     # models then learn not to reuse a letter, which greedy decoding otherwise exposes.
     letter_loss: str = "sampled"
     # No loss on a problem whose beginning lies in an earlier window: the model cannot see its
@@ -143,7 +145,8 @@ class DataConfig(GeneratorConfig):
 
 @dataclass
 class OptimConfig:
-    """AdamW (or Muon + AdamW) with linear warm-up then cosine decay (spec 13), stepped every optimizer step."""
+    """AdamW (or Muon + AdamW) with linear warm-up then cosine decay, stepped every optimizer step
+    (the paper's: docs/spec.md#16-the-papers-recipe)."""
 
     # "adamw": AdamW on every parameter (the paper). "muon": torch.optim.Muon (torch >= 2.9) on the
     # 2-D weights of the hidden nn.Linear layers, AdamW (lr, betas, eps above) on the rest: the tied
@@ -200,7 +203,7 @@ class TrainerConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation by greedy decoding graded with the full-solution verifier (spec 10, 13)."""
+    """Evaluation by greedy decoding graded with the full-solution verifier (docs/spec.md#12-verification)."""
 
     n: int = 4096  # problems per bucket (the paper's 4,096)
     batch_size: int = 256  # prompts decoded together
@@ -208,7 +211,7 @@ class EvalConfig:
     buckets: Optional[list[str]] = None  # None = EVAL_BUCKETS[data.preset]; grammar above
     examples: int = 2  # decoded examples per bucket written to TensorBoard as text
     # Right after "as", greedy decoding skips letters the solution already defined. Off = the
-    # paper's plain greedy. A letter is a uniform draw (spec 7), so greedy's pick there is the
+    # paper's plain greedy. A letter is a uniform draw (docs/spec.md#7-the-text), so greedy's pick there is the
     # model's tiny bias; small models reuse letters long after they reason right (error kind
     # "redefined" in eval.json). The letter is only a name: the grading stays strict.
     fresh_letters: bool = False
@@ -218,7 +221,7 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything ``python train.py`` reads (design 3.2). ``preset`` picks ``configs/<preset>.yaml``."""
+    """Everything ``python train.py`` reads (docs/training.md). ``preset`` picks ``configs/<preset>.yaml``."""
 
     ENTRY_POINT: ClassVar[str] = "train.py"  # whose presets it accepts (igsm.cli_config.preset_entry_point)
 
