@@ -14,9 +14,8 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Protocol
 
-from .generator_config import GeneratorConfig
 from .problem import ABS, INST, MOD, Equation, Param
 
 LAYER_CHOICES = (2, 3, 4)
@@ -28,6 +27,18 @@ ABSTRACT_QUESTION_BIAS = 0.25  # P(question is abstract | both kinds are possibl
 # picks them far too often (answer = 0 in 22% of problems instead of the reference's 12.6%).
 # Keep a candidate that pulls in such an empty parameter only with this probability.
 KEEP_EMPTY_ABSTRACT = 0.3
+
+
+class SizeBounds(Protocol):
+    """The size knobs sample_structure reads; a GeneratorConfig has them. A protocol, not the config
+    class, keeps the graphs below every config: the generator config imports igsm.retry, which may
+    build on this module (docs/architecture.md)."""
+
+    max_ip: int
+    min_layers: int
+    max_layers: int
+    min_width: int
+    max_width: int
 
 
 @dataclass
@@ -82,7 +93,7 @@ def _softmax_draw(rng: random.Random, choices: Sequence, scores: list[float]):
     return rng.choices(choices, [math.exp(x - top) for x in scores])[0]
 
 
-def sample_structure(cfg: GeneratorConfig, s: int, rng: random.Random) -> Structure:
+def sample_structure(cfg: SizeBounds, s: int, rng: random.Random) -> Structure:
     """Layer count, widths and edges (spec 2 / appendix A), clipped to the config's bounds."""
     r = min(1.0, (s - 1) / max(1, cfg.max_ip - 1))
     scores = [-(r - c) ** 2 for c in LAYER_CENTRES]
