@@ -37,7 +37,7 @@ def read_layer_map(text: str) -> list[tuple[int, str, list[str]]]:
 
 def source_files(root: Path) -> list[str]:
     """Every module the layers must place, as repository-relative paths."""
-    found = [*root.glob("igsm/*.py"), *root.glob("probing/*.py"), *root.glob("scripts/*.py"),
+    found = [*root.glob("igsm/**/*.py"), *root.glob("probing/**/*.py"), *root.glob("scripts/*.py"),
              *root.glob("benchmarks/*.py"), root / "train.py", root / "probe.py"]
     return sorted(str(p.relative_to(root)) for p in found if p.is_file())
 
