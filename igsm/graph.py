@@ -1,4 +1,4 @@
-"""Sampling the structure graph and the dependency graph of one problem (spec sections 2-6).
+"""Sampling the structure graph and the dependency graph of one problem (docs/spec.md#5-sampling-a-problem).
 
 Pure functions of a ``random.Random``: no global random state, no I/O, no torch.
 
@@ -19,7 +19,7 @@ from typing import Optional, Protocol
 from .problem import ABS, INST, MOD, Equation, Param
 
 LAYER_CHOICES = (2, 3, 4)
-# Centres of the mild preference over d = 2, 3, 4 (spec appendix A): bigger ops prefer deeper.
+# Centres of the mild preference over d = 2, 3, 4 (docs/spec.md#2-the-structure-graph): bigger ops prefer deeper.
 LAYER_CENTRES = (0.2, 0.5, 0.8)
 MAX_OPERANDS = 4  # an instance parameter has 1..4 inputs, the literal (RNG) counting as one
 ABSTRACT_QUESTION_BIAS = 0.25  # P(question is abstract | both kinds are possible sinks)
@@ -94,7 +94,7 @@ def _softmax_draw(rng: random.Random, choices: Sequence, scores: list[float]):
 
 
 def sample_structure(cfg: SizeBounds, s: int, rng: random.Random) -> Structure:
-    """Layer count, widths and edges (spec 2 / appendix A), clipped to the config's bounds."""
+    """Layer count, widths and edges (docs/spec.md#2-the-structure-graph), clipped to the config's bounds."""
     r = min(1.0, (s - 1) / max(1, cfg.max_ip - 1))
     scores = [-(r - c) ** 2 for c in LAYER_CENTRES]
 
@@ -144,7 +144,8 @@ def sample_structure(cfg: SizeBounds, s: int, rng: random.Random) -> Structure:
 # Dependency graph
 # --------------------------------------------------------------------------------------------
 def abstract_equation(children: list[list[list[int]]], p: Param) -> Equation:
-    """The fixed computation of an abstract parameter from the structure graph (spec 3)."""
+    """The fixed computation of an abstract parameter from the structure graph
+    (docs/spec.md#3-parameters-and-the-dependency-graph)."""
     kids = children[p.layer][p.item] if p.layer < len(children) else []
     if p.target == p.layer + 1:
         return Equation(tuple(Param(INST, p.layer, p.item, x) for x in kids), abstract=True)
@@ -321,7 +322,7 @@ class _Attempt:
 
 
 def make_instance_equation(rng: random.Random, inputs: list[Param], has_literal: bool) -> Equation:
-    """Turn chosen operands into one of the sentence forms of spec 7 (random form and order)."""
+    """Turn chosen operands into one of the sentence forms of docs/spec.md#7-the-text (random form and order)."""
     ins = list(inputs)
     rng.shuffle(ins)
     k = len(ins)
@@ -420,7 +421,7 @@ def sample_dependencies(structure: Structure, s: int, rng: random.Random,
 
 
 def reask(deps: Dependencies, rng: random.Random, max_op: int = 52) -> Dependencies:
-    """Re-draw the question among all parameters; the solution becomes its ancestors (spec 8).
+    """Re-draw the question among all parameters; the solution becomes its ancestors (docs/spec.md#9-reask).
 
     Abstract parameters that no longer appear anywhere (the old abstract question, and what only
     it used) leave the dependency graph: the text never mentions them.

@@ -1,4 +1,5 @@
-"""Labels of the six V-probing tasks (spec section 11), computed from the Problem, never from text.
+"""Labels of the V-probing tasks, computed from the Problem, never from text
+(docs/spec.md#13-the-probe-labels-and-regret).
 
 ``G`` is the problem's dependency graph: every parameter in ``problem.equations`` (all instance
 parameters and the abstract ones that appear). A probing *position* is where the input sequence

@@ -1,4 +1,5 @@
-"""Tokenizers: lossless round trips on spec-7 texts, layouts, parsing of generations, serialisation."""
+"""Tokenizers: lossless round trips on problem texts (docs/spec.md#7-the-text), layouts, parsing of
+generations, serialisation."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def gpt2():
 
 
 def _texts(world, n: int, seed: int = 0) -> list[str]:
-    """Problem texts, questions and solutions in the spec-7 formats, names from the world."""
+    """Problem texts, questions and solutions in the formats of docs/spec.md#7-the-text, names from the world."""
     rng = random.Random(seed)
     names = sorted(world.all_names()) + TRICKY
     cats = world.categories
