@@ -1,4 +1,4 @@
-"""V-probe a trained iGSM model (design 3.3, spec 11-12).
+"""V-probe a trained iGSM model (docs/probing.md; docs/spec.md#13-the-probe-labels-and-regret).
 
     python probe.py                                  # newest last.ckpt under logs/, CPU default
     python probe.py ckpt=logs/tiny/version_0/checkpoints/last.ckpt
@@ -17,7 +17,7 @@ trainer.checkpoint_every steps; a damaged checkpoint ends with one line (status 
 
 Trains one probe per (task, backbone) at once (the trained backbone and/or the random-init
 control), tests them on template-test problems and writes ``logs/<name>/version_N/`` with
-TensorBoard scalars ``probe/<task>/...`` and ``probe.json``. Defaults live in igsm/config.py
+TensorBoard scalars ``probe/<task>/...`` and ``probe.json``. Defaults live in igsm/probe_config.py
 (``ProbeConfig``); presets are configs/probe_*.yaml. docs/probing.md explains tasks, panels and probe.json.
 """
 

@@ -1,4 +1,4 @@
-"""Train a GPT on iGSM and evaluate it (design 3.2).
+"""Train a GPT on iGSM and evaluate it (docs/training.md).
 
     python train.py                              # tiny preset, CPU, a few minutes, ends with an evaluation
     python train.py preset=med trainer.devices=8 trainer.strategy=ddp   # the paper's iGSM-med recipe
@@ -11,7 +11,7 @@ SIGTERM or Ctrl-C saves a checkpoint after the current step and exits (status 12
 a damaged checkpoint ends with one line (status 2); a non-finite loss ends naming the step
 (status 1; optim.on_nonfinite=skip skips such steps). docs/faults.md.
 
-Every key is listed by ``print_config=true``; defaults live in igsm/config.py, presets in
+Every key is listed by ``print_config=true``; defaults live in igsm/train_config.py, presets in
 configs/. A bad key or value exits with status 2 and one line on stderr, before anything runs.
 Multi-node: see scripts/slurm_example.sh (Lightning reads the SLURM environment).
 """

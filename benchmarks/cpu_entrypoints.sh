@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Wall time of the default entry points' CPU layouts, side by side in one run (design 4: train.py
+# Wall time of the default entry points' CPU layouts, side by side in one run (docs/measurements.md#targets: train.py
 # and probe.py must each finish in <= 10 minutes on 2 cores of either CPU kind).
 #
 #   bash benchmarks/cpu_entrypoints.sh [STEPS] [ROUNDS]        # default 200 training steps, 2 rounds

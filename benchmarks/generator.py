@@ -3,7 +3,7 @@
     python benchmarks/generator.py                 # problems/s for med and hard, with text and tokens
     python benchmarks/generator.py --check --n 20000
         # every own solution verifies (from the Problem and text-only), op == solution steps,
-        # op histogram chi-square, reference marginals of spec section 6
+        # op histogram chi-square, reference marginals of docs/spec.md#5-sampling-a-problem
 
 Prints numbers; asserts nothing (tests do that on small samples).
 """

@@ -1,5 +1,5 @@
 """Training throughput: the Lightning training step vs a plain PyTorch loop of the same model, and
-the data pipeline's tokens/s, in one run (design 4: >= 45% MFU for GPT2-12-12, ctx 768, bf16, on
+the data pipeline's tokens/s, in one run (docs/measurements.md#targets: >= 45% MFU for GPT2-12-12, ctx 768, bf16, on
 an H100/H200; "the GPU never waits on data").
 
     python benchmarks/train_throughput.py                 # GPU: configs/med.yaml as train.py runs it

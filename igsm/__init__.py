@@ -1,7 +1,7 @@
 """igsm: the iGSM problem class of "Physics of Language Models: Part 2.1", and tools around it."""
 
-from .config import GENERATOR_PRESETS, ConfigError, GeneratorConfig, generator_preset
 from .generator import GenerationError, generate, generate_problem, problem_rng
+from .generator_config import GENERATOR_PRESETS, ConfigError, GeneratorConfig, generator_preset
 from .problem import ABS, INST, MOD, Equation, Param, Problem
 from .world import World, WorldError, load_world
 

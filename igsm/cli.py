@@ -1,4 +1,4 @@
-"""``python -m igsm generate | verify | stats | show | report | record | export`` (design 3.1).
+"""``python -m igsm generate | verify | stats | show | report | record | export`` (docs/dataset.md).
 
 Errors a user can cause (bad flags, unreadable files, bad world files, malformed lines) end the
 program with exit code 2 and one line on stderr, never a traceback.
@@ -22,9 +22,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Optional
 
-from .config import GENERATOR_PRESETS, OP_SAMPLING, RETRY_WEAK_FROM, ConfigError, GeneratorConfig, generator_preset
 from .generator import GenerationError, generate_problem, problem_rng
+from .generator_config import GENERATOR_PRESETS, OP_SAMPLING, ConfigError, GeneratorConfig, generator_preset
 from .problem import Problem
+from .retry import RETRY_KINDS, RETRY_WEAK_FROM
 from .world import WorldError, load_world
 
 
@@ -36,7 +37,7 @@ class CLIError(Exception):
 # generate
 # ----------------------------------------------------------------------------------------------
 def problem_record(p: Problem, index: int, split: str) -> dict:
-    """One exported JSONL object (fields documented in docs/dataset.md, design 3.1)."""
+    """One exported JSONL object (fields documented in docs/dataset.md)."""
     return {
         "id": index,
         "problem": p.problem_text,
@@ -369,9 +370,10 @@ def cmd_stats(a: argparse.Namespace) -> int:
 
 def template_table(templates: dict[int, collections.Counter], buckets: dict[int, int],
                    boundary: int = GeneratorConfig.split_boundary) -> str:
-    """Distinct solution templates per op and how many fall in the test buckets (spec 8). At small
-    op there are few (2 at op = 1, 7 at op = 2), so a test template there is a whole solution
-    form that training never shows at that op, not one more random variation."""
+    """Distinct solution templates per op and how many fall in the test buckets
+    (docs/spec.md#10-the-template-hash-and-the-split). At small op there are few (2 at op = 1, 7
+    at op = 2), so a test template there is a whole solution form that training never shows at that
+    op, not one more random variation."""
     lines = [f"solution templates per op (test: bucket >= {boundary}; generated with "
              f"--split any to see both):", f"  {'op':>4} {'problems':>9} {'templates':>10} {'test templates':>15} "
              f"{'test problems':>14}"]
@@ -556,13 +558,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="export problems as JSONL")
     g.add_argument("--preset", choices=sorted(GENERATOR_PRESETS), default="med")
     g.add_argument("--split", choices=["train", "test", "any"], default="train",
-                   help="template split (spec 8): train or test buckets, or any (both; stats then counts templates "
-                        "per split)")
+                   help="template split (docs/spec.md#10-the-template-hash-and-the-split): train or test "
+                        "buckets, or any (both; stats then counts templates per split)")
     g.add_argument("--op", type=int, default=None, help="force op = N (default: training distribution)")
     g.add_argument("--op-sampling", choices=list(OP_SAMPLING), default=None,
                    help="training distribution of op: min2 (the paper's min of two uniform draws; default) "
                         "or uniform on 1..max_op")
-    g.add_argument("--reask", action="store_true", help="re-draw the question (spec 8)")
+    g.add_argument("--reask", action="store_true", help="re-draw the question (docs/spec.md#9-reask)")
     g.add_argument("--format", choices=["pq", "qp"], default=None, help="default: the preset's (pq)")
     g.add_argument("--n", type=int, default=1000)
     g.add_argument("--seed", type=int, default=0)
@@ -571,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--retry-rate", type=float, default=0.0,
                    help="retry data (Part 2.2): before each solution sentence, with this probability (again and "
                         "again), insert a wrong step 'Define A as BACK.' (default 0: off)")
-    g.add_argument("--retry-kind", choices=["retry", "retry_weak"], default="retry",
+    g.add_argument("--retry-kind", choices=list(RETRY_KINDS), default=GeneratorConfig.retry_kind,
                    help="retry: A is any parameter of the structure not computable yet; retry_weak: A is one the "
                         "solution still has to define")
     g.add_argument("--retry-weak-from", choices=list(RETRY_WEAK_FROM), default=None,

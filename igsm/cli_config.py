@@ -14,7 +14,8 @@ Precedence, lowest first:
 5. ``key=value`` arguments (values are YAML: ``null``, ``3``, ``1e-3``, ``[a,b]``, ``true``).
 
 The schema is a dataclass; OmegaConf's structured configs check every value's type. Unknown keys,
-wrong types, and (through the schema's ``validate()``) impossible values raise
+wrong types, and (through the schema's ``validate()``, then :func:`igsm.data_setup.check_generation`
+for the settings only generated problems can judge) impossible values raise
 :class:`~igsm.config.ConfigError` with one line naming the key, the value and what is allowed.
 If the schema has a ``resolve()`` method it runs first (defaults that depend on other keys).
 Nothing here is specific to training: probe.py passes its own schema.
@@ -32,6 +33,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from igsm.config import GENERATOR_PRESETS, ConfigError, GeneratorConfig
+from igsm.data_setup import check_generation
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -74,6 +76,7 @@ def load_config(schema_cls: type[T], argv: list[str], *, config_dir: Optional[Pa
         cfg.resolve()
     if hasattr(cfg, "validate"):
         cfg.validate()
+    check_generation(cfg)  # the data checks that generate problems (a training config's only)
     return cfg
 
 

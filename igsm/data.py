@@ -1,6 +1,6 @@
 """Training stream (packed token windows) and fixed evaluation sets, as one LightningDataModule.
 
-Training (spec 9): problems are generated in DataLoader workers, tokenized, concatenated and cut
+Training (docs/spec.md#11-tokens): problems are generated in DataLoader workers, tokenized, concatenated and cut
 into ``context``-long windows; a problem longer than the window is dropped. Every batch is a pure
 function of ``(seed, rank, batch index)``: batch ``b`` of rank ``r`` packs the problems
 ``problem_rng(seed, "train", r, b, j)`` for ``j = 0, 1, ...`` until its ``batch_size`` windows are
@@ -10,10 +10,10 @@ full (the last problem is cut at the batch's end). Hence
   ``W`` builds the batches ``b = start + w, start + w + W, ...``, which is exactly the order in
   which the DataLoader hands them out, so the stream does not even depend on ``num_workers``;
 - resuming is exact without saving any loader state: a run restored at optimizer step ``k`` has
-  consumed ``k * accumulate_grad_batches`` batches, and the loader starts there (design 5's
-  "the stream position follows from the global step").
+  consumed ``k * accumulate_grad_batches`` batches, and the loader starts there (docs/faults.md).
 
-Evaluation (spec 13): one fixed set per op bucket (``eval.buckets``, grammar in igsm.config),
+Evaluation (docs/spec.md#16-the-papers-recipe): one fixed set per op bucket (``eval.buckets``,
+grammar in igsm.train_config),
 problem ``i`` of a bucket drawn from ``problem_rng(eval.seed, "eval", <bucket label>, i, ...)``.
 The set is cut into batches of ``eval.batch_size`` prompts within one bucket; rank ``r`` of ``W``
 decodes the batches ``k ≡ r (mod W)``. Sharding whole batches (rather than problems) keeps each
@@ -37,10 +37,10 @@ from igsm.config import (
     EvalConfig,
     GeneratorConfig,
     bucket_generator_config,
-    build_data_tokenizer,
     generator_config,
     parse_bucket,
 )
+from igsm.data_setup import build_data_tokenizer
 from igsm.generator import GenerationError, generate_problem, problem_rng, sample_op
 from igsm.problem import RETRACTION, Problem
 from igsm.tokenizer import Tokenizer
@@ -85,7 +85,7 @@ def letter_slots(ids: list[int], start: int, define_id: int, letter_index: dict[
     """``(i, used)`` for every token ``i >= start`` that names a new letter (it follows " as"):
     ``used`` is the bitmask (bit k = letter k of a..zA..Z, ``letter_index``: token id -> k) of the
     letters named before it. The generator draws that letter uniformly from the unused ones
-    (spec 7), so ``used`` gives the exact distribution of the target (``data.letter_loss=uniform``)."""
+    (docs/spec.md#7-the-text), so ``used`` gives the exact distribution of the target (``data.letter_loss=uniform``)."""
     slots, used = [], 0
     for i in range(max(start, 1), len(ids)):
         k = letter_index.get(ids[i])

@@ -1,4 +1,4 @@
-"""Batched greedy decoding with a KV cache (evaluation of generated solutions, spec 10 and 13).
+"""Batched greedy decoding with a KV cache (evaluation of generated solutions, docs/spec.md#12-verification).
 
 Prompts are sorted by length so each batch holds similar lengths (little padding), left-padded
 onto one position grid, prefilled in one forward pass, then extended one token per step from

@@ -11,7 +11,7 @@ import random
 from functools import lru_cache
 from typing import Optional
 
-from .config import GeneratorConfig, validate_generator
+from .generator_config import GeneratorConfig, validate_generator
 from .graph import reask, sample_dependencies, sample_structure
 from .problem import Problem
 from .render import render_problem, solution_template, template_hash

@@ -1,4 +1,4 @@
-"""Sampling the structure graph and the dependency graph of one problem (spec sections 2-6).
+"""Sampling the structure graph and the dependency graph of one problem (docs/spec.md#5-sampling-a-problem).
 
 Pure functions of a ``random.Random``: no global random state, no I/O, no torch.
 
@@ -14,13 +14,12 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Protocol
 
-from .config import GeneratorConfig
 from .problem import ABS, INST, MOD, Equation, Param
 
 LAYER_CHOICES = (2, 3, 4)
-# Centres of the mild preference over d = 2, 3, 4 (spec appendix A): bigger ops prefer deeper.
+# Centres of the mild preference over d = 2, 3, 4 (docs/spec.md#2-the-structure-graph): bigger ops prefer deeper.
 LAYER_CENTRES = (0.2, 0.5, 0.8)
 MAX_OPERANDS = 4  # an instance parameter has 1..4 inputs, the literal (RNG) counting as one
 ABSTRACT_QUESTION_BIAS = 0.25  # P(question is abstract | both kinds are possible sinks)
@@ -28,6 +27,18 @@ ABSTRACT_QUESTION_BIAS = 0.25  # P(question is abstract | both kinds are possibl
 # picks them far too often (answer = 0 in 22% of problems instead of the reference's 12.6%).
 # Keep a candidate that pulls in such an empty parameter only with this probability.
 KEEP_EMPTY_ABSTRACT = 0.3
+
+
+class SizeBounds(Protocol):
+    """The size knobs sample_structure reads; a GeneratorConfig has them. A protocol, not the config
+    class, keeps the graphs below every config: the generator config imports igsm.retry, which may
+    build on this module (docs/architecture.md)."""
+
+    max_ip: int
+    min_layers: int
+    max_layers: int
+    min_width: int
+    max_width: int
 
 
 @dataclass
@@ -82,8 +93,8 @@ def _softmax_draw(rng: random.Random, choices: Sequence, scores: list[float]):
     return rng.choices(choices, [math.exp(x - top) for x in scores])[0]
 
 
-def sample_structure(cfg: GeneratorConfig, s: int, rng: random.Random) -> Structure:
-    """Layer count, widths and edges (spec 2 / appendix A), clipped to the config's bounds."""
+def sample_structure(cfg: SizeBounds, s: int, rng: random.Random) -> Structure:
+    """Layer count, widths and edges (docs/spec.md#2-the-structure-graph), clipped to the config's bounds."""
     r = min(1.0, (s - 1) / max(1, cfg.max_ip - 1))
     scores = [-(r - c) ** 2 for c in LAYER_CENTRES]
 
@@ -133,7 +144,8 @@ def sample_structure(cfg: GeneratorConfig, s: int, rng: random.Random) -> Struct
 # Dependency graph
 # --------------------------------------------------------------------------------------------
 def abstract_equation(children: list[list[list[int]]], p: Param) -> Equation:
-    """The fixed computation of an abstract parameter from the structure graph (spec 3)."""
+    """The fixed computation of an abstract parameter from the structure graph
+    (docs/spec.md#3-parameters-and-the-dependency-graph)."""
     kids = children[p.layer][p.item] if p.layer < len(children) else []
     if p.target == p.layer + 1:
         return Equation(tuple(Param(INST, p.layer, p.item, x) for x in kids), abstract=True)
@@ -310,7 +322,7 @@ class _Attempt:
 
 
 def make_instance_equation(rng: random.Random, inputs: list[Param], has_literal: bool) -> Equation:
-    """Turn chosen operands into one of the sentence forms of spec 7 (random form and order)."""
+    """Turn chosen operands into one of the sentence forms of docs/spec.md#7-the-text (random form and order)."""
     ins = list(inputs)
     rng.shuffle(ins)
     k = len(ins)
@@ -409,7 +421,7 @@ def sample_dependencies(structure: Structure, s: int, rng: random.Random,
 
 
 def reask(deps: Dependencies, rng: random.Random, max_op: int = 52) -> Dependencies:
-    """Re-draw the question among all parameters; the solution becomes its ancestors (spec 8).
+    """Re-draw the question among all parameters; the solution becomes its ancestors (docs/spec.md#9-reask).
 
     Abstract parameters that no longer appear anywhere (the old abstract question, and what only
     it used) leave the dependency graph: the text never mentions them.

@@ -1,4 +1,4 @@
-"""Distribution checks against the reference generator's marginals (spec section 6).
+"""Distribution checks against the reference generator's marginals (docs/spec.md#5-sampling-a-problem).
 
 Used by ``tests/test_generator.py`` (small samples) and ``benchmarks/generator.py --check``
 (the acceptance run over 20,000 problems per preset).
@@ -12,7 +12,7 @@ from typing import Optional
 
 from .problem import ABS, Problem
 
-# spec 6, "Reference marginals to match (5,000 problems each, pq)"
+# docs/spec.md#5-sampling-a-problem: the reference marginals (5,000 problems each, pq)
 REFERENCE = {
     "med": {"op_max": 15, "ip_median": 9, "abstract_question": 40.6, "answer_zero": 12.6,
             "d_shares": (37, 34, 28), "gpt2_median": 327},

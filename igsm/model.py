@@ -1,9 +1,9 @@
-"""GPT-2 with rotary position embeddings (spec 13), as a plain ``nn.Module``.
+"""GPT-2 with rotary position embeddings (docs/spec.md#16-the-papers-recipe), as a plain ``nn.Module``.
 
 Read top to bottom: RoPE functions, attention, MLP, block, the model, then the KV cache used for
 batched decoding. ``GPT2-l-h`` means ``ModelConfig(n_layer=l, n_head=h)`` (hidden size 64*h).
 
-Beyond a standard GPT-2, the forward pass serves the V-probe (spec 11):
+Beyond a standard GPT-2, the forward pass serves the V-probe (docs/spec.md#13-the-probe-labels-and-regret):
 - ``output_hidden_states=True`` returns the residual stream after every block;
 - ``embed_delta=(U, V)`` adds a rank-r update ``U[idx] @ V`` to the input embedding only;
 - ``compute_logits=False`` skips the language-model head when only hidden states are needed.

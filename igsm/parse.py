@@ -1,17 +1,18 @@
-"""Text-only mode: rebuild a Problem from its problem text and a world (spec section 10).
+"""Text-only mode: rebuild a Problem from its problem text and a world (docs/spec.md#12-verification).
 
     problem = parse_problem(problem_text, world)        # raises ParseError
     report = verify_text(problem_text, solution, answer, world)   # never raises
 
-What is read: the statement sentences (``The number of each A's B equals ...``, spec 7) give the
+What is read: the statement sentences (``The number of each A's B equals ...``, docs/spec.md#7-the-text) give the
 structure graph's edges and the instance parameters' equations; the question (first or last, or
 anywhere) gives the question parameter. Statements and question may come in any order, the text
 may have leading spaces, and the answer may be a string (reference-format iGSM data).
 
 How items get their layer. Every edge is stated, so an item that appears in no edge has neither
 parent nor children, and an item without a parent sits in the problem's top layer (every lower
-item has a parent, spec 2). Hence the top item of every connected piece of the structure graph
-is in the top layer, and the edges fix every other item's layer relative to it. What is left to
+item has a parent: docs/spec.md#2-the-structure-graph). Hence the top item of every connected
+piece of the structure graph is in the top layer, and the edges fix every other item's layer
+relative to it. What is left to
 choose is the family and the window's top layer: each choice is checked against the world (each
 item must be a name of the category at its layer; a name may belong to several categories) and
 against the abstract parameters mentioned (their category lies below the owner, inside the

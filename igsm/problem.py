@@ -59,12 +59,12 @@ class Equation:
 
     @property
     def n_operands(self) -> int:
-        """Inputs counting the literal (RNG) as one: the spec's t."""
+        """Inputs counting the literal (RNG) as one: t of docs/spec.md#4-op-and-ip."""
         return len(self.inputs) + (self.literal is not None)
 
     @property
     def op(self) -> int:
-        """Number of small solution steps this parameter costs (spec section 6)."""
+        """Number of small solution steps this parameter costs (docs/spec.md#4-op-and-ip)."""
         if self.abstract:
             if self.products:
                 return max(1, len(self.inputs) - 1)  # c children: 2c - 1 (= 2c inputs - 1)
@@ -119,7 +119,7 @@ class Problem:
     statements: list[str] = field(default_factory=list)
     question_text: str = ""
     solution_sentences: list[str] = field(default_factory=list)
-    template_hash: int = 0  # stable hash of the solution template (spec 8)
+    template_hash: int = 0  # stable hash of the solution template (docs/spec.md#10-the-template-hash-and-the-split)
     # retry data (igsm.retry): (k, A) = the wrong step "Define A as BACK." before solution sentence k,
     # in text order; ``solution_sentences`` and the template stay retry-free
     retries: list[tuple[int, Param]] = field(default_factory=list)

@@ -1,9 +1,9 @@
-"""English text of a problem: statements, question, solution, answer (spec section 7).
+"""English text of a problem: statements, question, solution, answer (docs/spec.md#7-the-text).
 
 The solution renderer is written once over three small hooks (how to write a parameter name, a
 letter, a number) and run twice: once for the real text and once for the *solution template*
-of spec section 8 (names -> Inst/Abs, numbers -> 0, letters renamed in order of appearance),
-whose stable hash decides the train/test bucket.
+(names -> Inst/Abs, numbers -> 0, letters renamed in order of appearance), whose stable hash
+decides the train/test bucket (docs/spec.md#10-the-template-hash-and-the-split).
 """
 
 from __future__ import annotations
@@ -117,7 +117,8 @@ def render_solution(problem: Problem, rng: random.Random) -> None:
 
 
 def solution_template(equations: dict, solution_order: list, values: dict) -> str:
-    """Spec 8: the solution with names -> Inst/Abs, numbers -> 0, letters a, b, ... in order."""
+    """The solution with names -> Inst/Abs, numbers -> 0, letters a, b, ... in order
+    (docs/spec.md#10-the-template-hash-and-the-split)."""
     canonical = iter(LETTERS)
     writer = _SolutionWriter(lambda p: "Abs" if p.kind == ABS else "Inst", lambda: next(canonical),
                              lambda x: "0")

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import random
 
-from .config import RETRY_KINDS, RETRY_WEAK_FROM
 from .graph import abstract_equation
 from .problem import ABS, Param, Problem
+
+RETRY_KINDS = ("retry", "retry_weak")  # which A a wrong step names (module docstring); data.retry_kind
+RETRY_WEAK_FROM = ("next", "later")  # retry_weak's pool starts at the next step, or after it
 
 
 def retry_rng(rng: random.Random) -> random.Random:

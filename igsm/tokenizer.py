@@ -1,4 +1,4 @@
-"""Tokenizers (spec 9): the closed-vocabulary igsm word tokenizer (default) and GPT-2 BPE (offline).
+"""Tokenizers (docs/spec.md#11-tokens): the closed-vocabulary igsm word tokenizer (default) and GPT-2 BPE (offline).
 
 Both implement one interface, :class:`Tokenizer`, and import no torch:
 
@@ -102,7 +102,7 @@ class Tokenizer:
 
     def letter_slot_ids(self) -> tuple[int, list[int]]:
         """(id of " as", ids of the 52 letters a..z A..Z as they follow it): in a solution, the
-        token after " as" names a new letter (``Define X as v;``, spec 7)."""
+        token after " as" names a new letter (``Define X as v;``, docs/spec.md#7-the-text)."""
         ids = self.encode(" as" + "".join(" " + c for c in LETTERS))
         if len(ids) != 1 + len(LETTERS):
             raise ValueError(f"{self!r} does not encode ' as' and each letter as one token")
@@ -144,7 +144,7 @@ class Tokenizer:
 WORD_PATTERN = r"'s(?![^\W\d_])| ?[^\W\d_]+| ?\d+| ?[^\w\s]| ?_|\s"
 _WORD_RE = re.compile(WORD_PATTERN)
 
-# Every template of spec 7 (statements, questions, solutions, the paper's answer display); the
+# Every template of docs/spec.md#7-the-text (statements, questions, solutions, the paper's answer display); the
 # vocabulary holds each of their pieces with and without a leading space.
 TEMPLATE_TEXTS = (
     "The number of each A's B equals 5.",
@@ -334,7 +334,7 @@ def _gpt2_encoding():
 
 
 class GPT2Tokenizer(Tokenizer):
-    """GPT-2 BPE in the reference iGSM layout (spec 9).
+    """GPT-2 BPE in the reference iGSM layout (docs/spec.md#11-tokens).
 
     Markers are the byte tokens 222/223/224 (problem/solution/answer; bytes 0x80-0x82, which
     ASCII text never produces), eos = pad = 50256 ``<|endoftext|>`` (padding is masked out of the

@@ -1,4 +1,4 @@
-"""Full-solution verification (spec section 10): parse a solution and grade it against a Problem.
+"""Full-solution verification (docs/spec.md#12-verification): parse a solution and grade it against a Problem.
 
     report = verify_solution(problem, solution, answer)   # never raises
     report.correct, report.error, report.first_wrong_param, report.message

@@ -1,4 +1,5 @@
-"""The world: families of 4 layer categories, each with themed groups of item names (spec 1).
+"""The world: families of 4 layer categories, each with themed groups of item names
+(docs/spec.md#1-the-world-and-its-names).
 
 The world is data: a JSON file (the default ships as ``igsm/assets/world.json``)::
 

@@ -1,4 +1,4 @@
-"""Error analysis (spec 12, the paper's Result 6): the backbone's own mistakes vs its probes.
+"""Error analysis (docs/spec.md#14-error-analysis, the paper's Result 6): the backbone's own mistakes vs its probes.
 
 The trained backbone solves problems by greedy decoding and the verifier grades every solution
 (:func:`igsm.solve.solve`). Then:

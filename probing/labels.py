@@ -1,4 +1,5 @@
-"""Labels of the six V-probing tasks (spec section 11), computed from the Problem, never from text.
+"""Labels of the V-probing tasks, computed from the Problem, never from text
+(docs/spec.md#13-the-probe-labels-and-regret).
 
 ``G`` is the problem's dependency graph: every parameter in ``problem.equations`` (all instance
 parameters and the abstract ones that appear). A probing *position* is where the input sequence
@@ -45,11 +46,9 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Optional
 
-from igsm.config import PROBE_EXTRA_TASKS, PROBE_TASKS
+from igsm.probe_tasks import ALL_TASKS, EXTRA_TASKS, TASKS  # the task names, owned there
 from igsm.problem import Param, Problem
 
-TASKS = PROBE_TASKS  # ("nece", "dep", "known", "value", "can_next", "nece_next"), defined in igsm.config
-ALL_TASKS = PROBE_TASKS + PROBE_EXTRA_TASKS  # plus "regret"
 NUM_CLASSES = {"nece": 2, "dep": 2, "known": 2, "value": 24, "can_next": 2, "nece_next": 2, "regret": 2}
 PAIR_TASKS = frozenset({"dep"})  # the query names two parameters: [START] A [MID] B [END]
 BOUNDARY_TASKS = frozenset({"known", "value", "can_next", "nece_next"})  # cut at solution boundaries
@@ -251,7 +250,7 @@ def necessity_baseline(pairs: Iterable[tuple[int, int]]) -> dict:
 
 
 __all__ = [
-    "ALL_TASKS", "draw_regret_queries", "necessity_baseline",
+    "ALL_TASKS", "EXTRA_TASKS", "draw_regret_queries", "necessity_baseline",
     "TASKS", "NUM_CLASSES", "PAIR_TASKS", "BOUNDARY_TASKS", "UNKNOWN_VALUE", "MAX_DISTANCE",
     "check_task", "graph_params", "n_positions", "question_distances", "ProblemLabels", "label",
     "draw_queries",

@@ -1,10 +1,11 @@
-"""V-probing (spec 11): a frozen GPT, a rank-r update of its input embedding, linear heads.
+"""V-probing: a frozen GPT, a rank-r update of its input embedding, linear heads
+(docs/spec.md#13-the-probe-labels-and-regret).
 
 One :class:`VProbe` LightningModule trains every requested task on every requested backbone at
 once (one Trainer, one data pass, one set of synced metrics):
 
 * **backbones**: ``trained`` (the checkpoint) and/or ``random_init`` (the same shape, freshly
-  initialised with the probe seed: the control of spec 11);
+  initialised with the probe seed: a control of docs/spec.md#13-the-probe-labels-and-regret);
 * **per (backbone, task)** a :class:`TaskProbe`: ``U [padded_vocab, r]`` (zeros) and
   ``V [r, d]`` (normal), so ``E + U V`` starts as the frozen model's embedding; plus one linear
   head on the last layer, or one per layer with ``layers="all"``.
@@ -514,7 +515,7 @@ class VProbe(pl.LightningModule):
                 entry["train_positive_rate"] = self.train_positive_rate.get(task)
             if entry["majority"]["acc"] is not None:
                 scalars[f"probe/{task}/majority/acc"] = entry["majority"]["acc"]
-            # the flat summary of design 3.3
+            # the flat per-task summary (docs/probing.md, "Reading the results")
             entry["acc"] = entry.get("trained", {}).get("acc")
             entry["random_init_acc"] = entry.get("random_init", {}).get("acc")
             entry["majority_acc"] = entry["majority"]["acc"]

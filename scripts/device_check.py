@@ -1,4 +1,5 @@
-"""Every GPU-dependent check of igsm in one command, for one short GPU slot (issue 8, design 4).
+"""Every GPU-dependent check of igsm in one command, for one short GPU slot (issue 8; the target:
+docs/measurements.md#targets).
 
     python scripts/device_check.py                      # one CUDA GPU, at most 8 minutes, no internet
     python scripts/device_check.py --out $OUT/device_check.json

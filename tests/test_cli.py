@@ -78,8 +78,8 @@ def test_errors_are_one_clear_line(tmp_path, subprocess_env, args, fragment):
 
 def test_stats_counts_solution_templates_per_op_and_split(tmp_path, capsys):
     """With both splits generated, stats names how many distinct solution templates each op has and
-    how many are test templates: op = 1 has two, both training ones (spec 8 hash), and every
-    template of op >= 2 lands in exactly one split."""
+    how many are test templates: op = 1 has two, both training ones
+    (docs/spec.md#10-the-template-hash-and-the-split), and every template of op >= 2 lands in exactly one split."""
     from igsm.cli import main
     out = tmp_path / "any.jsonl"
     assert main(["generate", "--preset", "tiny", "--split", "any", "--n", "400", "--out", str(out)]) == 0

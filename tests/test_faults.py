@@ -317,7 +317,8 @@ def analyse(monkeypatch, batch_size: int, fits: int | None) -> tuple[dict, list[
 
     import igsm.decode
     import probing.analysis as analysis
-    from igsm.config import AnalysisConfig, ModelConfig, build_data_tokenizer, generator_config
+    from igsm.config import AnalysisConfig, ModelConfig, generator_config
+    from igsm.data_setup import build_data_tokenizer
     from igsm.model import GPT
 
     real, sizes = igsm.decode.greedy_decode, []

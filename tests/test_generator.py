@@ -179,16 +179,6 @@ def test_graph_json_round_trip_and_networkx_export():
             p.param_name(x) for x in p.ancestors(p.question)}
 
 
-def test_generator_modules_import_no_torch(subprocess_env):
-    code = ("import sys, random; import igsm, igsm.generator, igsm.cli, igsm.tokenizer, igsm.marginals;"
-            "import importlib.util as u;"
-            "[__import__(m) for m in ('igsm.verify', 'igsm.parse') if u.find_spec(m)];"
-            "igsm.generate_problem(igsm.generator_preset('med'), random.Random(0));"
-            "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env, check=True)
-    assert out.stdout.strip() == "False"
-
-
 @pytest.mark.parametrize("overrides,key", [
     ({"max_op": 0}, "max_op"), ({"max_ip": 1}, "max_ip"), ({"fmt": "xy"}, "fmt"), ({"split": "dev"}, "split"),
     ({"min_width": 1}, "min_width"), ({"max_layers": 5}, "max_layers"), ({"op": 99}, "op"),

@@ -234,7 +234,8 @@ def test_last_row_logits_are_float32_under_bf16_autocast() -> None:
 def test_analysis_decodes_under_the_runs_autocast(monkeypatch) -> None:
     import igsm.decode
     import probing.analysis as analysis
-    from igsm.config import AnalysisConfig, build_data_tokenizer, generator_config
+    from igsm.config import AnalysisConfig, generator_config
+    from igsm.data_setup import build_data_tokenizer
 
     seen = []
 

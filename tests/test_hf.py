@@ -528,7 +528,8 @@ def _write_train_ckpt(path: Path, overrides: list[str]) -> Path:
     import lightning as L
 
     from igsm.cli_config import config_to_dict, load_config
-    from igsm.config import TrainConfig, build_data_tokenizer
+    from igsm.config import TrainConfig
+    from igsm.data_setup import build_data_tokenizer
     from igsm.lit import GPTLitModule
 
     cfg = load_config(TrainConfig, ["model.n_layer=2", "model.n_head=2", *overrides])

@@ -8,7 +8,8 @@ import importlib.util
 import pytest
 
 from igsm.cli_config import load_config
-from igsm.config import TrainConfig, build_data_tokenizer, generator_config
+from igsm.config import TrainConfig, generator_config
+from igsm.data_setup import build_data_tokenizer
 from probing.data import ProbeDataset
 
 

@@ -90,7 +90,8 @@ def test_baseline_script_and_control_read_the_probe_test_queries(baseline_script
     """scripts/regret_necessity_baseline.py and probe.json's necessity control see exactly the
     (nece, label) pairs of the regret ProbeDataset that probe.py tests on."""
     from igsm.cli_config import load_config
-    from igsm.config import TrainConfig, build_data_tokenizer, generator_config
+    from igsm.config import TrainConfig, generator_config
+    from igsm.data_setup import build_data_tokenizer
 
     data = load_config(TrainConfig, ["preset=tiny"]).data
     tok = build_data_tokenizer(data)
