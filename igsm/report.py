@@ -558,6 +558,8 @@ def _model_cell(r: Run) -> str:
 def _data_cell(r: Run) -> str:
     data = r.config.get("data", {})
     cell = f"{data.get('preset', '?')} (max_op {data.get('max_op', '?')})"
+    if data.get("op_sampling", "min2") != "min2":  # the op mix (GeneratorConfig.op_sampling)
+        cell += f", op {data['op_sampling']}"
     if data.get("retry_rate"):  # Part 2.2 retry data (igsm/retry.py)
         cell += f", {data.get('retry_kind', 'retry')} {data['retry_rate']}"
         cell += ", wrong steps masked" if data.get("retry_loss") == "mask" else ""

@@ -143,7 +143,8 @@ def test_retry_runs_show_their_data_retractions_and_the_regret_probe_on_own_solu
 
     retry = make_train_run(root, "retry", 3, 128)
     config = (retry / "config.yaml").read_text().replace(
-        "  max_op: 4\n", "  max_op: 4\n  retry_rate: 0.2\n  retry_kind: retry_weak\n  retry_loss: mask\n")
+        "  max_op: 4\n", "  max_op: 4\n  op_sampling: uniform\n  retry_rate: 0.2\n  retry_kind: retry_weak\n"
+        "  retry_loss: mask\n")
     (retry / "config.yaml").write_text(config.replace("  n_embd: 128\n", "  n_embd: 128\n  canon: ABCD\n"))
     counts = {"retractions_per_problem": 0.25, "solutions_with_retractions": 2, "true_regrets": 1, "false_regrets": 1}
     (retry / "eval.json").write_text(json.dumps([dict(e, **counts) for e in EVAL]))
@@ -155,8 +156,8 @@ def test_retry_runs_show_their_data_retractions_and_the_regret_probe_on_own_solu
     (probe / "probe.json").write_text(json.dumps(record))
     write_report([root], out)
     md = (out / "report.md").read_text()
-    assert ("| retry/version_0 | 384k | 3 × 128, Canon ABCD | tiny (max_op 4), retry_weak 0.2, wrong steps masked |"
-            in md)
+    assert ("| retry/version_0 | 384k | 3 × 128, Canon ABCD | tiny (max_op 4), op uniform, retry_weak 0.2, "
+            "wrong steps masked |" in md)
     assert "| plain/version_0 | 384k | 3 × 128 | tiny (max_op 4) |" in md
     assert ("| retry/version_0 | op=3 | test | in | 8 | 37.5% | 50.0% | 0.00 | 0.25 (2 solutions; 1 true / 1 false) |"
             in md)
