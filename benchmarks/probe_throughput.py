@@ -32,8 +32,8 @@ from igsm.config import ModelConfig, generator_preset  # noqa: E402
 from igsm.generator import world_for  # noqa: E402
 from igsm.model import GPT  # noqa: E402
 from igsm.tokenizer import build_tokenizer  # noqa: E402
-from probe import GPU_LENGTH_CHUNKS  # noqa: E402  (probe.length_chunks=null on a GPU)
 from probing.data import PairCollate, ProbeDataset  # noqa: E402
+from probing.run import GPU_LENGTH_CHUNKS  # noqa: E402  (probe.length_chunks=null on a GPU)
 from probing.vprobe import VProbe  # noqa: E402
 
 GPU_DEFAULTS = dict(n_layer=12, n_head=12, n_embd=768, batch=256, preset="med", tokenizer="gpt2", steps=20,

@@ -209,9 +209,13 @@ class VProbe(pl.LightningModule):
                  control: str = "both", lr: float = 2e-3, weight_decay: float = 0.01, warmup_steps: int = 0,
                  betas: tuple[float, float] = (0.9, 0.999), v_init_std: float = 0.02, seed: int = 0,
                  checkpoint_activations: bool = False, length_chunks: int = 1,
-                 positive: Optional[dict[str, nn.Module]] = None):
+                 positive: Optional[dict[str, nn.Module]] = None, backbone_ckpt: Optional[str] = None,
+                 probe_config: Optional[dict] = None):
         """``positive``: per task, a :class:`probing.controls.FineTuned` copy of the backbone that
-        holds the task's label (the positive control); it is probed as the backbone "positive"."""
+        holds the task's label (the positive control); it is probed as the backbone "positive".
+        ``backbone_ckpt`` (where the backbone was loaded from) and ``probe_config`` (probe.py's
+        resolved config) go into its checkpoints: a resume reloads that backbone and names the
+        settings that changed."""
         super().__init__()
         if layers not in ("last", "all"):
             raise ValueError(f"layers={layers!r}: 'last' or 'all'")
@@ -222,7 +226,8 @@ class VProbe(pl.LightningModule):
         self.lr, self.weight_decay, self.warmup_steps, self.betas = lr, weight_decay, warmup_steps, tuple(betas)
         self.checkpoint_activations = checkpoint_activations
         self.length_chunks = max(1, int(length_chunks))
-        self.save_hyperparameters(ignore=["backbone", "positive"])
+        self.backbone_ckpt, self.probe_config = backbone_ckpt, probe_config
+        self.save_hyperparameters(ignore=["backbone", "positive", "backbone_ckpt", "probe_config"])
 
         freeze(backbone)
         self.n_layer, self.d = backbone.cfg.n_layer, backbone.cfg.d_model
@@ -406,8 +411,8 @@ class VProbe(pl.LightningModule):
         state = checkpoint.get("state_dict", {})
         for k in [k for k in state if k.startswith(("backbones.", "positive."))]:
             del state[k]
-        checkpoint["backbone_ckpt"] = getattr(self, "backbone_ckpt", None)
-        checkpoint["probe_config"] = getattr(self, "probe_config", None)  # probe.py's resolved config
+        checkpoint["backbone_ckpt"] = self.backbone_ckpt
+        checkpoint["probe_config"] = self.probe_config
         # An all-reduce of our own, not compute(): compute() returns a cached value on a rank that
         # has had no label since its last call, and that rank would then skip the collective.
         counts = {t: self.train_counts[t].counts.detach().clone() for t in self.tasks}

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import probe
 from igsm.cli_config import config_to_dict, load_config
 from igsm.config import ModelConfig, ProbeConfig, TrainConfig
 from igsm.model import GPT
+from probing.run import build_controls
 
 FAST = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=128", "data.context=128",
         "data.batch_size=2", "data.num_workers=0", "trainer.accelerator=cpu", "trainer.devices=1",
@@ -55,7 +55,7 @@ def test_probe_controls_use_the_precision_train_py_resolves(monkeypatch, resolve
     backbone = SimpleNamespace(model=torch.nn.Linear(1, 1), tokenizer=None,
                                train_config=SimpleNamespace(eval=SimpleNamespace(fresh_letters=False)))
     datamodule = SimpleNamespace(test_split_stream=lambda: ("test", "probe"), solved=None, train_ops=lambda: None)
-    probe.build_controls(cfg, backbone, None, datamodule)
+    build_controls(cfg, backbone, None, datamodule)
     assert seen == [("solved", bf16), ("positive", bf16)]
 
 

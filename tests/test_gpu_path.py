@@ -26,6 +26,7 @@ from igsm.decode import STOP_CHECK_EVERY, greedy_decode
 from igsm.lit import EvalScores, uniform_letter_loss
 from igsm.model import GPT
 from igsm.verify import Tally
+from probing.run import GPU_LENGTH_CHUNKS, per_device_sizes
 from probing.vprobe import ClassCounts, GroupedAccuracy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,9 +177,9 @@ def test_throughput_is_logged_only_on_logging_steps(monkeypatch) -> None:
 
 def test_probe_batch_is_global_and_chunks_default_by_device() -> None:
     cfg = load_config(ProbeConfig, ["preset=probe_med", "trainer.devices=8", "trainer.accelerator=gpu"])
-    assert probe.per_device_sizes(cfg) == (32, probe.GPU_LENGTH_CHUNKS)
+    assert per_device_sizes(cfg) == (32, GPU_LENGTH_CHUNKS)
     cfg = load_config(ProbeConfig, ["preset=probe_med", "trainer.accelerator=cpu"])
-    assert probe.per_device_sizes(cfg) == (256, 1)
+    assert per_device_sizes(cfg) == (256, 1)
     with pytest.raises(ConfigError, match="probe.batch_size=100.*multiple of"):
         load_config(ProbeConfig, ["probe.batch_size=100", "trainer.devices=8"])
 

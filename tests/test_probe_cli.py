@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import probe
+from probing.run import find_checkpoint
 
 PROBE_FAST = ["trainer.max_steps=2", "probe.test_problems=4", "probe.batch_size=6", "probe.draws=3",
               "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "trainer.devices=1",
@@ -68,7 +69,7 @@ def test_probe_end_to_end(train_run, tmp_path):
     # the default checkpoint is the newest *training* checkpoint, never a probe run's own
     cfg = probe.load_config(probe.ProbeConfig, [f"log_root={tmp_path}"])
     shutil.copytree(root / "tiny", tmp_path / "tiny")  # keeps its (older) modification time
-    assert probe.find_checkpoint(cfg).endswith("tiny/version_0/checkpoints/last.ckpt")
+    assert find_checkpoint(cfg).endswith("tiny/version_0/checkpoints/last.ckpt")
 
 
 def test_probe_subset_and_control(train_run, tmp_path):

@@ -23,6 +23,7 @@ from igsm.cli_config import load_config
 from igsm.config import ProbeConfig
 from igsm.faults import read_checkpoint
 from probing.data import ResumeSampler
+from probing.run import find_probe_resume
 from test_faults import damaged_copies, kill_leftovers, scalars, start, stderr_of, wait_for  # noqa: F401
 
 # 8 steps, a checkpoint every 2; fp32 so that every CPU computes the same numbers in both runs.
@@ -138,7 +139,7 @@ def test_resuming_with_other_settings_names_them(straight, capsys) -> None:
     ref, args = straight
     log_root = f"log_root={ref.parent.parent}"
     cfg = load_config(ProbeConfig, args + [log_root, "ckpt_path=last", "probe.lr=0.5", "trainer.log_every_n_steps=5"])
-    assert probe.find_probe_resume(cfg, cfg.ckpt) == (str(ref / "checkpoints" / "last.ckpt"), 0, cfg.ckpt)
+    assert find_probe_resume(cfg, cfg.ckpt) == (str(ref / "checkpoints" / "last.ckpt"), 0, cfg.ckpt)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: resuming with settings that differ") and "probe.lr" in err[0]
     assert "log_every_n_steps" not in err[0]  # harmless

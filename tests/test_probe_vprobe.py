@@ -125,6 +125,18 @@ def test_probe_starts_as_the_frozen_model(tok):
     assert all(torch.equal(x, y) for x, y in zip(plain, delta))
 
 
+def test_checkpoint_holds_what_the_constructor_was_given(tok):
+    """A probe checkpoint names its backbone and probe.py's config (a resume reloads that backbone
+    and names changed settings), both given to the constructor, and holds no backbone weights."""
+    m = VProbe(tiny_gpt(tok), ["known"], control="none", backbone_ckpt="runs/b.ckpt", probe_config={"seed": 3})
+    m.train_counts["known"].update(torch.tensor([0, 1, 1]))
+    checkpoint = {"state_dict": m.state_dict()}
+    m.on_save_checkpoint(checkpoint)
+    assert (checkpoint["backbone_ckpt"], checkpoint["probe_config"]) == ("runs/b.ckpt", {"seed": 3})
+    assert not any(k.startswith("backbones.") for k in checkpoint["state_dict"])
+    assert "backbone_ckpt" not in m.hparams and "probe_config" not in m.hparams
+
+
 def test_random_init_control(tok):
     gpt = tiny_gpt(tok)
     m = VProbe(gpt, ["nece"], control="both", seed=3)
