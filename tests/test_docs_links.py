@@ -55,10 +55,11 @@ def anchors(md_file: Path) -> set[str]:
 
 
 def resolve(name: str, source: Path, root: Path) -> Path | None:
-    """A referenced file: relative to the referring file, the repository root, or docs/."""
+    """A referenced file or folder (a link to ``records/<study>`` shows its runs): relative to the
+    referring file, the repository root, or docs/."""
     for base in (source.parent, root, root / "docs"):
         candidate = (base / name).resolve()
-        if candidate.is_file() and root in candidate.parents:
+        if (candidate.is_file() or (candidate.is_dir() and not name.endswith(".md"))) and root in candidate.parents:
             return candidate
     return None
 
