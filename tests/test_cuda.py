@@ -62,6 +62,30 @@ class LossRecorder(Callback):
         self.devices.add(pl_module.device.type)
 
 
+def fit_compiled_beside_eager(cfg, device: str, tmp_path, name: str):
+    """The first training step's loss in eager mode (a copy of the fresh module, bf16 autocast on
+    CUDA), then ``cfg``'s compiled training run of that module. Returns (module, datamodule,
+    trainer, the LossRecorder, the eager loss)."""
+    dm = IGSMDataModule(cfg.data, cfg.eval, seed=0)
+    batch = dm.train_dataset().batch(0)
+    L.seed_everything(0, verbose=False)
+    module = GPTLitModule(config_to_dict(cfg), dm.tokenizer.to_dict())
+    eager = copy.deepcopy(module).to(device)
+    eager.cfg.model.compile = False
+    eager.log = lambda *a, **k: None
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
+    with torch.no_grad(), autocast:
+        eager_loss = eager.training_step({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()},
+                                         0).item()
+    losses = LossRecorder()
+    from igsm.trainer import build_trainer
+
+    trainer = build_trainer(cfg.trainer, name, log_root=str(tmp_path), extra_callbacks=[losses],
+                            enable_model_summary=False)
+    trainer.fit(module, datamodule=dm)
+    return module, dm, trainer, losses, eager_loss
+
+
 def one_batch_loader(batch: dict) -> DataLoader:
     return DataLoader([batch], batch_size=None)
 
@@ -115,7 +139,6 @@ def _compile_backend(device: str, monkeypatch) -> None:
 def test_compile_matches_eager_and_evaluation_does_not_recompile_without_bound(device, tmp_path, monkeypatch) -> None:
     from torch._dynamo.utils import counters
 
-    from igsm.trainer import build_trainer
 
     _compile_backend(device, monkeypatch)
     torch._dynamo.reset()
@@ -123,22 +146,7 @@ def test_compile_matches_eager_and_evaluation_does_not_recompile_without_bound(d
     steps = 3
     cfg = train_config(device, "model.compile=true", f"trainer.max_steps={steps}", "trainer.precision=bf16-mixed"
                        if device == "cuda" else "trainer.precision=32-true")
-    dm = IGSMDataModule(cfg.data, cfg.eval, seed=0)
-    batch = dm.train_dataset().batch(0)
-    L.seed_everything(0, verbose=False)
-    module = GPTLitModule(config_to_dict(cfg), dm.tokenizer.to_dict())
-    eager = copy.deepcopy(module).to(device)
-    eager.cfg.model.compile = False
-    eager.log = lambda *a, **k: None
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
-    with torch.no_grad(), autocast:
-        eager_loss = eager.training_step({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()},
-                                         0).item()
-
-    losses = LossRecorder()
-    trainer = build_trainer(cfg.trainer, "compiled", log_root=str(tmp_path), extra_callbacks=[losses],
-                            enable_model_summary=False)
-    trainer.fit(module, datamodule=dm)
+    module, dm, trainer, losses, eager_loss = fit_compiled_beside_eager(cfg, device, tmp_path, "compiled")
     assert module._compiled_forward is not None  # training went through the compiled forward
     tolerance = 0.01 if device == "cuda" else 1e-4  # bf16 kernels differ between eager and inductor
     assert losses.devices == {device}
@@ -151,7 +159,7 @@ def test_compile_matches_eager_and_evaluation_does_not_recompile_without_bound(d
     # Forwards of other lengths (evaluation-sized prompts) once more through the compiled path, in
     # training's grad mode: dynamo may compile one shape-generic graph more, never one per length.
     module.to(device)  # Lightning's teardown moved it to the CPU
-    with autocast:
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
         for T in (17, 40, 64, 101, 150):
             module.train_forward(torch.randint(0, 50, (3, T), device=device))
     graphs = counters["stats"]["unique_graphs"]

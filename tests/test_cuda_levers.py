@@ -10,24 +10,28 @@ than a few seconds are marked slow: ``scripts/device_check.py --smoke`` runs the
 
 from __future__ import annotations
 
-import copy
 import math
 import signal
 import subprocess
 import sys
 
-import lightning as L
 import pytest
 import torch
 
 import train
-from igsm.cli_config import config_to_dict
 from igsm.config import ModelConfig
-from igsm.data import IGSMDataModule
 from igsm.decode import greedy_decode
-from igsm.lit import GPTLitModule
 from igsm.model import GPT
-from test_cuda import COMMON, CUDA, SIZES, LossRecorder, _compile_backend, _prompts, _uncached_argmax_agreement
+from test_cuda import (
+    COMMON,
+    CUDA,
+    SIZES,
+    LossRecorder,
+    _compile_backend,
+    _prompts,
+    _uncached_argmax_agreement,
+    fit_compiled_beside_eager,
+)
 from test_faults import kill_leftovers, start, stderr_of, wait_for  # noqa: F401
 
 CPU_SLOW = pytest.param("cpu", marks=pytest.mark.slow)
@@ -56,28 +60,13 @@ def test_levers_compile_matches_eager_and_evaluates(device, tmp_path, monkeypatc
     evaluation (Canon's cached decoding) of every bucket."""
     from torch._dynamo.utils import counters
 
-    from igsm.trainer import build_trainer
 
     _compile_backend(device, monkeypatch)
     torch._dynamo.reset()
     counters.clear()
     precision = "bf16-mixed" if device == "cuda" else "32-true"
     cfg = levers_config(device, "model.compile=true", "trainer.max_steps=3", f"trainer.precision={precision}")
-    dm = IGSMDataModule(cfg.data, cfg.eval, seed=0)
-    batch = dm.train_dataset().batch(0)
-    L.seed_everything(0, verbose=False)
-    module = GPTLitModule(config_to_dict(cfg), dm.tokenizer.to_dict())
-    eager = copy.deepcopy(module).to(device)
-    eager.cfg.model.compile = False
-    eager.log = lambda *a, **k: None
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
-    with torch.no_grad(), autocast:
-        eager_loss = eager.training_step({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()},
-                                         0).item()
-    losses = LossRecorder()
-    trainer = build_trainer(cfg.trainer, "levers", log_root=str(tmp_path), extra_callbacks=[losses],
-                            enable_model_summary=False)
-    trainer.fit(module, datamodule=dm)
+    module, dm, trainer, losses, eager_loss = fit_compiled_beside_eager(cfg, device, tmp_path, "levers")
     assert module._compiled_forward is not None and losses.devices == {device}
     tolerance = 0.01 if device == "cuda" else 1e-4
     assert abs(losses.losses[0] - eager_loss) / eager_loss < tolerance, (losses.losses[0], eager_loss)

@@ -27,6 +27,15 @@ PROBE_FAST = ["trainer.max_steps=2", "probe.test_problems=4", "probe.batch_size=
               "probe.control=none"]
 
 
+def assert_same_weights(model, back) -> None:
+    """``back`` (read from an exported folder) holds ``model``'s weights bit for bit, embedding tied."""
+    theirs = back.state_dict()
+    assert set(theirs) == set(model.state_dict())
+    for name, t in model.state_dict().items():
+        assert torch.equal(t, theirs[name]), name
+    assert back.lm_head.weight is back.wte.weight
+
+
 def _need_hf():
     for module in ("transformers", "safetensors", "tokenizers"):
         pytest.importorskip(module)
@@ -178,13 +187,9 @@ def test_round_trip_is_bit_identical(exported, tmp_path):
     model, tok, folder = exported
     back = hf.load_pretrained(folder)
     assert back.tokenizer.to_dict() == tok.to_dict()
-    theirs = back.model.state_dict()
-    assert set(theirs) == set(model.state_dict())
-    for name, t in model.state_dict().items():
-        assert torch.equal(t, theirs[name]), name
-    assert back.model.lm_head.weight is back.model.wte.weight
+    assert_same_weights(model, back.model)
     again = hf.export_model(back.model, back.tokenizer, tmp_path / "again")
-    assert hf.load_pretrained(again).model.state_dict().keys() == theirs.keys()
+    assert hf.load_pretrained(again).model.state_dict().keys() == model.state_dict().keys()
 
 
 def test_round_trip_without_biases(tmp_path):
@@ -308,11 +313,7 @@ def test_canon_export_rope_dim_logits_and_bit_identical_round_trip(tmp_path, n_e
     back = hf.load_pretrained(folder)
     assert (back.model.cfg.canon, back.model.cfg.canon_kernel, back.model.cfg.rope_dim) == ("ABCD", 3, rope_dim)
     assert back.tokenizer.to_dict() == tok.to_dict()
-    theirs = back.model.state_dict()
-    assert set(theirs) == set(model.state_dict())
-    for name, t in model.state_dict().items():
-        assert torch.equal(t, theirs[name]), name
-    assert back.model.lm_head.weight is back.model.wte.weight
+    assert_same_weights(model, back.model)
 
 
 def test_canon_round_trip_without_biases(tmp_path):
