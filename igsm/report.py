@@ -47,6 +47,16 @@ GRID_FREE_KEYS = {
     "data.prefetch_batches", "data.batch_size", "eval.batch_size", "eval.examples",
 }
 
+# Keys that may differ between runs of one recipe trained with several seeds: the seed, the run's
+# name and bookkeeping that does not touch the training (the process layout does: each DDP rank
+# draws its own problems, so trainer.devices and data.batch_size stay in the recipe).
+SEED_FREE_KEYS = {
+    "seed", "name", "preset", "config", "ckpt_path", "print_config", "log_root", "model.compile",
+    "trainer.enable_progress_bar", "trainer.cpu_threads", "trainer.log_every_n_steps",
+    "trainer.checkpoint_every", "trainer.eval_every", "data.num_workers", "data.prefetch_batches",
+    "eval.batch_size", "eval.examples",
+}
+
 RUN_FILES = ("config.yaml", "run_info.json", "eval.json", "probe.json")
 
 
@@ -290,6 +300,20 @@ def depth_width_groups(runs: list[Run]) -> list[list[Run]]:
                          sort_keys=True, default=str)
         groups.setdefault(key, []).append(run)
     return [g for g in groups.values() if len({(r.n_layer, r.width) for r in g}) >= 2]
+
+
+def seed_groups(runs: list[Run]) -> list[list[Run]]:
+    """Groups of training runs whose configs differ only in the seed (SEED_FREE_KEYS), with at least
+    two distinct seeds; each group sorted by seed."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        if run.kind != "train":
+            continue
+        key = json.dumps({k: v for k, v in flatten(run.config).items() if k not in SEED_FREE_KEYS},
+                         sort_keys=True, default=str)
+        groups.setdefault(key, []).append(run)
+    return [sorted(g, key=lambda r: r.config.get("seed", 0)) for g in groups.values()
+            if len({r.config.get("seed") for r in g}) >= 2]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -610,6 +634,22 @@ def curve_table(run: Run) -> list[str]:
     return _table(["step", "tokens"] + list(curves), rows)
 
 
+def seeds_table(group: list[Run]) -> list[str]:
+    """One row per seed (final full-solution accuracy per bucket), then the worst seed and the mean
+    over seeds: a claim "for every seed" is a claim about the worst row."""
+    buckets = list(dict.fromkeys(e["bucket"] for r in group for e in r.eval))
+    acc = [{e["bucket"]: e.get("accuracy") for e in r.eval} for r in group]
+    rows = [[r.config.get("seed"), r.label, r.step if r.step is not None else "-"]
+            + [_pct(a.get(b)) for b in buckets] for r, a in zip(group, acc)]
+    for name, reduce in (("worst", min), ("mean", lambda xs: sum(xs) / len(xs))):
+        cells = []
+        for b in buckets:
+            values = [a.get(b) for a in acc]
+            cells.append(_pct(reduce(values)) if None not in values else "-")
+        rows.append([f"**{name}**", "", ""] + cells)
+    return _table(["seed", "run", "step"] + buckets, rows)
+
+
 def provenance_table(runs: list[Run]) -> list[str]:
     """Where and how long each run ran (records, and run folders that say): CPU, wall time, commit,
     command. Empty when no run says."""
@@ -725,6 +765,12 @@ def write_report(paths: Sequence[str | Path], out: str | Path = "report") -> dic
                   "Full-solution accuracy (every step verified), answer accuracy, and unnecessary parameters "
                   "computed per correct solution. `distribution`: whether the bucket's op lies within the "
                   "training max_op.", ""] + eval_table(train_runs) + [""]
+    groups = seed_groups(train_runs)
+    if groups:
+        lines += ["## Seeds", "", "Runs of one config that differ only in the seed: final full-solution accuracy "
+                  "per bucket, the worst seed and the mean.", ""]
+        for group in groups:
+            lines += seeds_table(group) + [""]
     if curve_runs:
         lines += ["## Learning curves", "", "Full-solution accuracy per bucket at every evaluation "
                   "(`eval_history.jsonl`; tokens = steps × sequences per step × context).", ""]
@@ -758,5 +804,6 @@ def write_report(paths: Sequence[str | Path], out: str | Path = "report") -> dic
 
 __all__ = ["Run", "ReportError", "SkippedRun", "find_run_folders", "load_run", "load_runs", "write_report",
            "accuracy_vs_op_figure", "probe_bars_figure", "nece_by_distance_figure", "depth_width_figure",
-           "depth_width_groups", "forced_op_entries", "flatten", "learning_curve_figure", "curve_table",
+           "depth_width_groups", "seed_groups", "seeds_table", "forced_op_entries", "flatten", "learning_curve_figure",
+           "curve_table",
            "regret_table", "train_loss_figure", "provenance_table"]

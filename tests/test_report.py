@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from igsm.cli import main
-from igsm.report import depth_width_groups, load_runs, write_report
+from igsm.report import depth_width_groups, load_runs, seed_groups, write_report
 
 PNG = b"\x89PNG"
 
@@ -171,6 +171,32 @@ def test_depth_width_grid_groups_runs_that_differ_only_in_depth_and_width(runs_r
     assert [sorted(r.label for r in g) for g in groups] == [["deep/version_0", "wide/version_0"]]
     deep = next(r for r in groups[0] if r.n_layer == 4)
     assert deep.ood_accuracy() == 0.125 and [e["op"] for e in deep.ood_entries()] == [6]
+
+
+def test_seeds_table_groups_runs_that_differ_only_in_the_seed_and_shows_the_worst_seed(tmp_path) -> None:
+    """Three seeds of one recipe (bookkeeping such as checkpoint_every may differ) make one group whose
+    table ends with the worst seed and the mean; a run of another lr or another process layout is
+    not a seed of that recipe."""
+    root = tmp_path / "logs"
+    for seed, scale in ((2, 1.0), (0, 0.5), (1, 2.0)):
+        run = make_train_run(root, f"recipe-s{seed}", 3, 128, acc_scale=scale)
+        config = (run / "config.yaml").read_text().replace("seed: 0\n", f"seed: {seed}\n")
+        (run / "config.yaml").write_text(config + f"  checkpoint_every: {850 + seed}\n")
+    make_train_run(root, "other_lr", 3, 128, lr=1e-3)
+    layout = make_train_run(root, "two_ranks", 3, 128)
+    config = (layout / "config.yaml").read_text().replace("seed: 0\n", "seed: 3\n")
+    (layout / "config.yaml").write_text(config.replace("  devices: 1\n", "  devices: 2\n"))
+    runs, _ = load_runs([root])
+    groups = seed_groups(runs)
+    assert [[r.label for r in g] for g in groups] == [[f"recipe-s{seed}/version_0" for seed in (0, 1, 2)]]
+    out = tmp_path / "report"
+    write_report([root], out)
+    seeds = (out / "report.md").read_text().split("## Seeds")[1].split("## ")[0]
+    assert "| seed | run | step | train_op=2 | op<=4 | op=3 | op=6 | reask_op=4 |" in seeds
+    assert "| 0 | recipe-s0/version_0 | 100 | 25.0% | 12.5% | 18.8% | 6.2% | 0.0% |" in seeds
+    assert "| **worst** |  |  | 25.0% | 12.5% | 18.8% | 6.2% | 0.0% |" in seeds
+    assert "| **mean** |  |  | 58.3% | 29.2% | 43.8% | 14.6% | 0.0% |" in seeds
+    assert "other_lr" not in seeds and "two_ranks" not in seeds
 
 
 def test_report_with_no_readable_run_fails_with_one_line(tmp_path, capsys) -> None:
