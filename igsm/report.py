@@ -316,6 +316,19 @@ def seed_groups(runs: list[Run]) -> list[list[Run]]:
             if len({r.config.get("seed") for r in g}) >= 2]
 
 
+def probe_seed_groups(runs: list[Run]) -> list[list[Run]]:
+    """Groups of probe runs of one probe config (SEED_FREE_KEYS and the checkpoint aside) on at
+    least two backbones, e.g. the same probe on every seed of a recipe."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        if run.kind != "probe":
+            continue
+        key = json.dumps({k: v for k, v in flatten(run.config).items() if k not in SEED_FREE_KEYS | {"ckpt"}},
+                         sort_keys=True, default=str)
+        groups.setdefault(key, []).append(run)
+    return [sorted(g, key=_backbone_label) for g in groups.values() if len({_backbone_label(r) for r in g}) >= 2]
+
+
 # ------------------------------------------------------------------------------------------------
 # Figures (matplotlib, Agg)
 # ------------------------------------------------------------------------------------------------
@@ -678,19 +691,41 @@ def probe_table(runs: list[Run]) -> list[str]:
         probe = r.probe or {}
         backbone = _backbone_label(r)
         for task, e in probe.get("tasks", {}).items():
-            acc = e.get("acc")
-            # necessity_acc: the regret probe's necessity-only control (probing.labels.necessity_baseline)
-            controls = [c for c in (e.get("random_init_acc"), e.get("majority_acc"), e.get("necessity_acc"))
-                        if c is not None]
-            margin = "-" if acc is None or not controls else f"{100 * (acc - max(controls)):+.1f}"
+            acc, margin = e.get("acc"), _margin(e)
             balanced = ("-" if e.get("balanced_acc") is None and e.get("random_init_balanced_acc") is None
                         else f"{_pct(e.get('balanced_acc'))} / {_pct(e.get('random_init_balanced_acc'))}")
             rows.append([r.label, backbone, task, _pct(acc), _pct(e.get("random_init_acc")),
-                         _pct(e.get("majority_acc")), _pct(e.get("necessity_acc")), margin, balanced,
+                         _pct(e.get("majority_acc")), _pct(e.get("necessity_acc")),
+                         "-" if margin is None else f"{margin:+.1f}", balanced,
                          e.get("n_test_pairs", "-")])
     return _table(["probe run", "backbone run", "task", "trained", "random init", "majority (best constant)",
                    "necessity only", "margin (points over the best control)",
                    "balanced accuracy (trained / random init)", "test pairs"], rows)
+
+
+def _margin(e: dict) -> Optional[float]:
+    """Points of the trained backbone's probe over its best control (random init, best constant and,
+    for regret, necessity alone: probing.labels.necessity_baseline)."""
+    controls = [c for c in (e.get("random_init_acc"), e.get("majority_acc"), e.get("necessity_acc")) if c is not None]
+    return None if e.get("acc") is None or not controls else 100 * (e["acc"] - max(controls))
+
+
+def probe_seeds_table(group: list[Run]) -> list[str]:
+    """One row per task: on each backbone, trained / random init / best constant (margin), then the
+    smallest margin and the spread of the trained accuracy over the backbones."""
+    tasks = list(dict.fromkeys(t for r in group for t in (r.probe or {}).get("tasks", {})))
+    rows = []
+    for task in tasks:
+        entries = [(r.probe or {}).get("tasks", {}).get(task) or {} for r in group]
+        cells = [f"{_pct(e.get('acc'))} / {_pct(e.get('random_init_acc'))} / {_pct(e.get('majority_acc'))} "
+                 f"({'-' if _margin(e) is None else f'{_margin(e):+.1f}'})" for e in entries]
+        margins = [_margin(e) for e in entries]
+        accs = [e.get("acc") for e in entries]
+        worst = "-" if None in margins else f"{min(margins):+.1f}"
+        spread = "-" if None in accs else f"{100 * (max(accs) - min(accs)):.1f}"
+        rows.append([task] + cells + [worst, spread])
+    return _table(["task"] + [_backbone_label(r) for r in group] + ["smallest margin", "spread of trained (points)"],
+                  rows)
 
 
 def regret_table(runs: list[Run]) -> list[str]:
@@ -780,6 +815,9 @@ def write_report(paths: Sequence[str | Path], out: str | Path = "report") -> dic
         lines += ["## Probes", "",
                   "A probe shows knowledge when `trained` beats both controls (positive margin).", ""] \
             + probe_table(probe_runs) + [""]
+        for group in probe_seed_groups(probe_runs):
+            lines += ["One probe on several backbones (e.g. every seed of a recipe): trained / random init / best "
+                      "constant (margin over the best control), per backbone.", ""] + probe_seeds_table(group) + [""]
         regret = regret_table(probe_runs)
         if regret:
             lines += ["## The regret probe on the models' own solutions", "",
@@ -804,6 +842,6 @@ def write_report(paths: Sequence[str | Path], out: str | Path = "report") -> dic
 
 __all__ = ["Run", "ReportError", "SkippedRun", "find_run_folders", "load_run", "load_runs", "write_report",
            "accuracy_vs_op_figure", "probe_bars_figure", "nece_by_distance_figure", "depth_width_figure",
-           "depth_width_groups", "seed_groups", "seeds_table", "forced_op_entries", "flatten", "learning_curve_figure",
-           "curve_table",
-           "regret_table", "train_loss_figure", "provenance_table"]
+           "depth_width_groups", "seed_groups", "seeds_table", "probe_seed_groups", "probe_seeds_table",
+           "forced_op_entries", "flatten", "learning_curve_figure", "curve_table", "regret_table",
+           "train_loss_figure", "provenance_table"]

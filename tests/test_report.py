@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from igsm.cli import main
-from igsm.report import depth_width_groups, load_runs, seed_groups, write_report
+from igsm.report import depth_width_groups, load_runs, probe_seed_groups, seed_groups, write_report
 
 PNG = b"\x89PNG"
 
@@ -197,6 +197,31 @@ def test_seeds_table_groups_runs_that_differ_only_in_the_seed_and_shows_the_wors
     assert "| **worst** |  |  | 25.0% | 12.5% | 18.8% | 6.2% | 0.0% |" in seeds
     assert "| **mean** |  |  | 58.3% | 29.2% | 43.8% | 14.6% | 0.0% |" in seeds
     assert "other_lr" not in seeds and "two_ranks" not in seeds
+
+
+def test_one_probe_on_several_backbones_gets_a_table_with_its_smallest_margin(tmp_path) -> None:
+    """The same probe config on two backbones (two seeds) is one group: per task, each backbone's
+    trained / random init / best constant, the smallest margin over the best control and the
+    spread; a probe of another config is left out of the group."""
+    root = tmp_path / "logs"
+    for name, backbone, nece in (("probe-s0", "recipe-s0", 0.9), ("probe-s1", "recipe-s1", 0.7)):
+        run = make_probe_run(root)
+        record = json.loads((run / "probe.json").read_text())
+        record["backbone"]["run"] = backbone
+        record["tasks"]["nece"]["acc"] = nece
+        (run / "probe.json").write_text(json.dumps(record))
+        (run / "config.yaml").write_text(f"name: {name}\nckpt: logs/{backbone}/last.ckpt\nprobe:\n  rank: 8\n")
+        run.parent.rename(root / name)
+    other = make_probe_run(root)
+    (other / "config.yaml").write_text("name: wide_probe\nprobe:\n  rank: 16\n")
+    runs, _ = load_runs([root])
+    assert [[r.label for r in g] for g in probe_seed_groups(runs)] == [["probe-s0/version_0", "probe-s1/version_0"]]
+    out = tmp_path / "report"
+    write_report([root], out)
+    md = (out / "report.md").read_text()
+    assert "| task | recipe-s0 | recipe-s1 | smallest margin | spread of trained (points) |" in md
+    assert "| nece | 90.0% / 60.0% / 55.0% (+30.0) | 70.0% / 60.0% / 55.0% (+10.0) | +10.0 | 20.0 |" in md
+    assert "| regret | 70.0% / 55.0% / 50.0% (+5.0) | 70.0% / 55.0% / 50.0% (+5.0) | +5.0 | 0.0 |" in md
 
 
 def test_report_with_no_readable_run_fails_with_one_line(tmp_path, capsys) -> None:
