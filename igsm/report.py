@@ -292,41 +292,33 @@ def forced_op_entries(entries: list[dict], split: str) -> list[dict]:
 def depth_width_groups(runs: list[Run]) -> list[list[Run]]:
     """Groups of training runs whose configs differ only in depth and width (GRID_FREE_KEYS),
     with at least two distinct (layers, width) cells."""
+    with_shape = [r for r in runs if r.kind == "train" and r.n_layer is not None and r.width is not None]
+    return [g for g in _same_config(with_shape, GRID_FREE_KEYS) if len({(r.n_layer, r.width) for r in g}) >= 2]
+
+
+def _same_config(runs: list[Run], free_keys: set[str]) -> list[list[Run]]:
+    """``runs`` grouped by their resolved config, the keys in ``free_keys`` left out."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
-        if run.kind != "train" or run.n_layer is None or run.width is None:
-            continue
-        key = json.dumps({k: v for k, v in flatten(run.config).items() if k not in GRID_FREE_KEYS},
+        key = json.dumps({k: v for k, v in flatten(run.config).items() if k not in free_keys},
                          sort_keys=True, default=str)
         groups.setdefault(key, []).append(run)
-    return [g for g in groups.values() if len({(r.n_layer, r.width) for r in g}) >= 2]
+    return list(groups.values())
 
 
 def seed_groups(runs: list[Run]) -> list[list[Run]]:
     """Groups of training runs whose configs differ only in the seed (SEED_FREE_KEYS), with at least
     two distinct seeds; each group sorted by seed."""
-    groups: dict[str, list[Run]] = {}
-    for run in runs:
-        if run.kind != "train":
-            continue
-        key = json.dumps({k: v for k, v in flatten(run.config).items() if k not in SEED_FREE_KEYS},
-                         sort_keys=True, default=str)
-        groups.setdefault(key, []).append(run)
-    return [sorted(g, key=lambda r: r.config.get("seed", 0)) for g in groups.values()
+    groups = _same_config([r for r in runs if r.kind == "train"], SEED_FREE_KEYS)
+    return [sorted(g, key=lambda r: r.config.get("seed", 0)) for g in groups
             if len({r.config.get("seed") for r in g}) >= 2]
 
 
 def probe_seed_groups(runs: list[Run]) -> list[list[Run]]:
     """Groups of probe runs of one probe config (SEED_FREE_KEYS and the checkpoint aside) on at
     least two backbones, e.g. the same probe on every seed of a recipe."""
-    groups: dict[str, list[Run]] = {}
-    for run in runs:
-        if run.kind != "probe":
-            continue
-        key = json.dumps({k: v for k, v in flatten(run.config).items() if k not in SEED_FREE_KEYS | {"ckpt"}},
-                         sort_keys=True, default=str)
-        groups.setdefault(key, []).append(run)
-    return [sorted(g, key=_backbone_label) for g in groups.values() if len({_backbone_label(r) for r in g}) >= 2]
+    groups = _same_config([r for r in runs if r.kind == "probe"], SEED_FREE_KEYS | {"ckpt"})
+    return [sorted(g, key=_backbone_label) for g in groups if len({_backbone_label(r) for r in g}) >= 2]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -717,9 +709,9 @@ def probe_seeds_table(group: list[Run]) -> list[str]:
     rows = []
     for task in tasks:
         entries = [(r.probe or {}).get("tasks", {}).get(task) or {} for r in group]
-        cells = [f"{_pct(e.get('acc'))} / {_pct(e.get('random_init_acc'))} / {_pct(e.get('majority_acc'))} "
-                 f"({'-' if _margin(e) is None else f'{_margin(e):+.1f}'})" for e in entries]
         margins = [_margin(e) for e in entries]
+        cells = [f"{_pct(e.get('acc'))} / {_pct(e.get('random_init_acc'))} / {_pct(e.get('majority_acc'))} "
+                 f"({'-' if m is None else f'{m:+.1f}'})" for e, m in zip(entries, margins)]
         accs = [e.get("acc") for e in entries]
         worst = "-" if None in margins else f"{min(margins):+.1f}"
         spread = "-" if None in accs else f"{100 * (max(accs) - min(accs)):.1f}"
